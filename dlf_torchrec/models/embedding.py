@@ -1,0 +1,87 @@
+"""Field embeddings: one EmbeddingBagConfig per categorical field (sharded by TorchRec) plus dense-field tokens."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dlf_torchrec.data.meta import FeatureSpec
+
+
+def table_configs(spec: FeatureSpec, embedding_dim: int, init_std: float, prefix: str = "") -> list[EmbeddingBagConfig]:
+    """One table per categorical field, rows = vocab_size (PAD 0 .. OOV last), init N(0, init_std^2)."""
+    init = functools.partial(nn.init.normal_, mean=0.0, std=init_std)
+    return [
+        EmbeddingBagConfig(
+            name=f"{prefix}t_{f.name}",
+            embedding_dim=embedding_dim,
+            num_embeddings=f.vocab_size,
+            feature_names=[f.name],
+            pooling=PoolingType.SUM,
+            init_fn=init,
+        )
+        for f in spec.categorical
+    ]
+
+
+class DenseTokens(nn.Module):
+    """Numeric field j -> x_j * v_j (MODELS.md 1.1): per-field vectors, no bias, Xavier-normal init.
+
+    Args: dense [B, num_dense]. Returns [B, num_dense, d].
+    """
+
+    def __init__(self, num_dense: int, embedding_dim: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_dense, embedding_dim, device=device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Xavier-normal of a 1->d Linear per field, as the model-wide init in FuxiCTR does.
+        nn.init.normal_(self.weight, std=(2.0 / (1 + self.weight.shape[1])) ** 0.5)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return dense.unsqueeze(-1) * self.weight
+
+
+class FieldEmbedding(nn.Module):
+    """Categorical ids + dense values -> field tokens.
+
+    Args:
+        sparse: KeyedJaggedTensor with one id per sample for each categorical field (keys in spec order).
+        dense: [B, num_dense] float values (ignored when the spec has no dense fields).
+    Returns:
+        [B, num_dense + num_categorical, d]: dense tokens first, then categorical, in spec order.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        embedding_dim: int,
+        init_std: float = 1e-4,
+        prefix: str = "",
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.num_categorical = len(spec.categorical)
+        self.ebc = EmbeddingBagCollection(
+            tables=table_configs(spec, embedding_dim, init_std, prefix), device=device
+        )
+        dense_device = None if device is None or device.type == "meta" else device
+        self.dense_tokens = DenseTokens(len(spec.dense), embedding_dim, dense_device) if spec.dense else None
+
+    @property
+    def num_fields(self) -> int:
+        return self.num_categorical + (self.dense_tokens.weight.shape[0] if self.dense_tokens is not None else 0)
+
+    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
+        pooled = self.ebc(sparse).values()  # [B, F_cat * d], tables in spec order
+        tokens = pooled.view(pooled.shape[0], self.num_categorical, self.embedding_dim)
+        if self.dense_tokens is None:
+            return tokens
+        return torch.cat([self.dense_tokens(dense), tokens], dim=1)
