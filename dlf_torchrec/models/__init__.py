@@ -1,3 +1,4 @@
 """Models. Importing this package registers every built-in model with the registry."""
 
-from dlf_torchrec.models import dcnv2, dnn  # noqa: F401
+from dlf_torchrec.models import dcnv2, dlf, dnn  # noqa: F401
+from dlf_torchrec.models import tf4ctr  # noqa: F401
