@@ -325,14 +325,6 @@ def build_config(raw: dict[str, Any], source: str = "<dict>", overrides: list[st
     return cfg
 
 
-def resolve_path(cfg: ExperimentConfig, path: str) -> str:
-    """Relative data paths in a YAML are resolved against the current directory, then the repo root."""
-    if os.path.isabs(path) or os.path.exists(path) or "://" in path:
-        return path
-    candidate = REPO_ROOT / path
-    return str(candidate) if candidate.exists() else path
-
-
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load and validate an experiment YAML (the synthetic default when ``path`` is None)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG

@@ -1,0 +1,162 @@
+"""Everything about ranks and sharding: process group, topology, planner, sharders, DistributedModelParallel.
+
+CPU runs use gloo; CUDA runs use nccl with one GPU per local rank. The same code path runs as a single process
+(a world of one, with a private rendezvous), under torchrun and under TorchX.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from dlf_torchrec.config import ShardingConfig, SparseOptimizerConfig
+
+_SPARSE_OPTIMIZERS = {
+    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    "adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "sgd": EmbOptimType.EXACT_SGD,
+    "adam": EmbOptimType.ADAM,
+}
+_CPU_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext:
+    """Join (or create) the default process group. Without torchrun/TorchX env vars this is a world of one."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("training.device: 'cuda' requested but no CUDA device is available")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return DistContext(rank, world_size, local_rank, local_world_size, dev, backend)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class AllTypesEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
+    """TorchRec offers row_wise / table_row_wise / grid_shard only for CUDA; they run correctly on CPU + gloo too
+    (measured, see STACK.md), so this sharder offers every sharding type on every device."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        return [t.value for t in ShardingType]
+
+
+def fused_params(opt: SparseOptimizerConfig, device: torch.device) -> dict[str, Any]:
+    """Fused FBGEMM optimiser settings for the sharded tables."""
+    if device.type != "cuda" and opt.name not in _CPU_SPARSE_OPTIMIZERS:
+        raise ValueError(f"optimizer.sparse.name: '{opt.name}' has no CPU kernel in FBGEMM "
+                         f"(CPU supports {', '.join(_CPU_SPARSE_OPTIMIZERS)})")
+    params: dict[str, Any] = {"optimizer": _SPARSE_OPTIMIZERS[opt.name], "learning_rate": opt.lr, "eps": opt.eps}
+    if opt.weight_decay:
+        params["weight_decay"] = opt.weight_decay
+    return params
+
+
+def _table_names(model: nn.Module) -> list[str]:
+    return [
+        cfg.name
+        for m in model.modules()
+        if isinstance(m, EmbeddingBagCollection)
+        for cfg in m.embedding_bag_configs()
+    ]
+
+
+def plan_sharding(
+    model: nn.Module,
+    ctx: DistContext,
+    sharding: ShardingConfig,
+    sharders: list[Any],
+    batch_size_per_rank: int,
+) -> ShardingPlan:
+    """Plan with the EmbeddingShardingPlanner; a forced type constrains every table to it."""
+    topology = Topology(
+        world_size=ctx.world_size,
+        local_world_size=ctx.local_world_size,
+        compute_device=ctx.device.type,
+    )
+    constraints = None
+    if sharding.type != "auto":
+        kernel = ["dense"] if sharding.type == "data_parallel" else None
+        constraints = {
+            name: ParameterConstraints(sharding_types=[sharding.type], compute_kernels=kernel)
+            for name in _table_names(model)
+        }
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size_per_rank, constraints=constraints)
+    pg = dist.GroupMember.WORLD
+    assert pg is not None, "init_distributed() must run first"
+    return planner.collective_plan(model, sharders, pg)
+
+
+def shard_model(
+    model: nn.Module,
+    ctx: DistContext,
+    sharding: ShardingConfig,
+    sparse_optimizer: SparseOptimizerConfig,
+    batch_size_per_rank: int,
+) -> DistributedModelParallel:
+    """Shard the EmbeddingBagCollections of ``model`` (fused optimiser inside) and wrap the rest in DDP."""
+    sharders: list[Any] = [AllTypesEmbeddingBagCollectionSharder(fused_params=fused_params(sparse_optimizer,
+                                                                                          ctx.device))]
+    plan = plan_sharding(model, ctx, sharding, sharders, batch_size_per_rank)
+    return DistributedModelParallel(
+        module=model,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        device=ctx.device,
+        plan=plan,
+        sharders=sharders,
+    )
+
+
+def describe_plan(dmp: DistributedModelParallel) -> list[str]:
+    """One line per table: name, sharding type, compute kernel, ranks."""
+    lines = []
+    for module_path, module_plan in dmp.plan.plan.items():
+        for table, ps in module_plan.items():  # type: ignore[union-attr]
+            lines.append(f"{module_path}.{table}: {ps.sharding_type} / {ps.compute_kernel} on ranks {ps.ranks}")
+    return lines
