@@ -308,16 +308,20 @@ def build_config(raw: dict[str, Any], source: str = "<dict>", overrides: list[st
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for key, value in parse_overrides(overrides or []):
-        _set_path(raw, key, value)
     try:
+        for key, value in parse_overrides(overrides or []):
+            _set_path(raw, key, value)
         model_raw = dict(raw.pop("model", None) or {})
         model_name = model_raw.pop("name", "dcnv2")
         if not isinstance(model_name, str):
             raise ConfigError(f"model.name: expected str, got {model_name!r}")
         cfg = from_dict(ExperimentConfig, {k: v for k, v in raw.items()})
         cfg.model_name = model_name
-        cfg.model = from_dict(model_config_class(model_name), model_raw, "model")
+        try:
+            model_cls = model_config_class(model_name)
+        except ValueError as e:
+            raise ConfigError(f"model.name: {e}") from None
+        cfg.model = from_dict(model_cls, model_raw, "model")
         cfg.source = source
         _check_consistency(cfg)
     except ConfigError as e:

@@ -1,0 +1,63 @@
+"""Config validation: unknown keys and wrong types fail with the key named; overrides apply before validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dlf_torchrec.config import ConfigError, build_config, load_config
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.model is not None
+    assert cfg.to_dict()["model"]["name"] == cfg.model_name
+
+
+@pytest.mark.parametrize(
+    ("raw", "overrides", "message"),
+    [
+        ({"training": {"batch_sise": 3}}, [], "unknown key 'training.batch_sise' (did you mean 'batch_size'?)"),
+        ({"training": {"batch_size": "big"}}, [], "training.batch_size: expected int, got str 'big'"),
+        ({"training": {"batch_size": True}}, [], "training.batch_size: expected int"),
+        ({"optimizer": {"dense": {"lr": "fast"}}}, [], "optimizer.dense.lr: expected float"),
+        ({"sharding": {"type": "diagonal"}}, [], "sharding.type: expected one of"),
+        ({"model": {"name": "dcnv2", "hiden_units": [1]}}, [], "unknown key 'model.hiden_units'"),
+        ({"model": {"name": "dcnv2", "hidden_units": [1, "x"]}}, [], "model.hidden_units[1]: expected int"),
+        ({"model": {"name": "nope"}}, [], "unknown model 'nope'"),
+        ({"dataset": {"format": "criteo"}}, [], "dataset.train: required"),
+        ({"dataset": {"split": [0.5, 0.1, 0.1]}}, [], "dataset.split"),
+        ({"training": {"monitor": {"acc": 1.0}}}, [], "training.monitor"),
+        ({"bogus": 1}, [], "unknown key 'bogus'"),
+        ({}, ["training.epochs=zero"], "training.epochs: expected int, got str 'zero'"),
+        ({}, ["training.epochs"], "expected key.sub=value"),
+        ({}, ["features.embedding_dim=0"], "features.embedding_dim: must be >= 1"),
+    ],
+)
+def test_errors_name_the_key(raw: dict, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(raw, "exp.yaml", overrides)
+    assert message in str(err.value)
+    assert str(err.value).startswith("exp.yaml: ")
+
+
+def test_overrides_are_parsed_as_yaml_and_ints_widen_to_float() -> None:
+    cfg = build_config({}, overrides=["training.epochs=3", "model.hidden_units=[64, 32]", "optimizer.dense.lr=1",
+                                      "sharding.type=row_wise"])
+    assert cfg.training.epochs == 3
+    assert cfg.model.hidden_units == [64, 32]
+    assert cfg.optimizer.dense.lr == 1.0 and isinstance(cfg.optimizer.dense.lr, float)
+    assert cfg.sharding.type == "row_wise"
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
