@@ -169,3 +169,14 @@ def test_odd_embedding_dim_with_ser_names_the_key() -> None:
     with pytest.raises(ValueError, match="features.embedding_dim"):
         _build(dim=5, ssem="ser")
     _build(dim=5, ssem="share")  # fine without SER
+
+
+@pytest.mark.parametrize("dfm", ["cf", "moef", "wsf"])
+def test_bce_only_leaves_no_unused_parameters(dfm: str) -> None:
+    # DDP (find_unused_parameters=False) refuses parameters that get no gradient.
+    model = _build(ssem="share", dfm=dfm, loss="bce")
+    dense, sparse, labels = _batch()
+    out = model(dense, sparse)
+    model.loss(out, labels).backward()
+    assert not [n for n, p in model.named_parameters() if "ebc" not in n and p.grad is None]
+    assert ("z_s" in out.aux) == (dfm == "wsf")

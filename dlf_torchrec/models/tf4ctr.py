@@ -217,7 +217,10 @@ class SharedEmbeddingSelection(nn.Module):
 
 
 class Fusion(nn.Module):
-    """DFM (MODELS.md 2.3). Args: z_s, z_c [B, 1]; he_s [B, W_s]; he_c [B, W_c]. Returns the fused logit [B, 1]."""
+    """DFM (MODELS.md 2.3). Args: z_s, z_c [B, 1] (None for cf / moef without TF loss); he_s [B, W_s]; he_c [B, W_c].
+
+    Returns the fused logit [B, 1].
+    """
 
     def __init__(self, kind: str, simple_width: int, complex_width: int, temperature: float) -> None:
         super().__init__()
@@ -244,18 +247,21 @@ class Fusion(nn.Module):
             pi = pi - torch.log(-torch.log(u))  # + Gumbel(0, 1) noise
         return torch.softmax(pi / self.temperature, dim=1)
 
-    def forward(self, z_s: torch.Tensor, z_c: torch.Tensor, he_s: torch.Tensor, he_c: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z_s: torch.Tensor | None, z_c: torch.Tensor | None, he_s: torch.Tensor, he_c: torch.Tensor
+    ) -> torch.Tensor:
+        if self.kind in ("cf", "moef"):
+            u = torch.cat([he_s, he_c], dim=1)
+            if self.kind == "cf":
+                return self.head(u)
+            return (torch.softmax(self.gate(u), dim=1) * self.experts(u)).sum(dim=1, keepdim=True)
+        assert z_s is not None and z_c is not None
         if self.kind == "wsf":
             return self.w[0] * z_s + self.w[1] * z_c
         if self.kind == "vf":
             p = self.vote_weights(he_s, he_c)
             return p[:, :1] * z_s + p[:, 1:] * z_c
-        if self.kind == "sum":
-            return z_s + z_c
-        u = torch.cat([he_s, he_c], dim=1)
-        if self.kind == "cf":
-            return self.head(u)
-        return (torch.softmax(self.gate(u), dim=1) * self.experts(u)).sum(dim=1, keepdim=True)
+        return z_s + z_c
 
 
 # ----------------------------------------------------------------------------------------------------- model
@@ -298,17 +304,23 @@ class TF4CTR(CTRModel):
             _drop_own_head(self.complex)
             self.complex_takes_tokens = True
         simple_width, complex_width = self.simple.out_features, int(self.complex.out_features)
-        self.simple_head = nn.Linear(simple_width, 1)
-        self.complex_head = nn.Linear(complex_width, 1)
+        # z_s / z_c feed the TF loss and the wsf / vf / sum fusions. With BCE-only training and cf / moef they would
+        # be unused parameters (DDP refuses those), so they are not built and aux carries no z_s / z_c.
+        self.has_heads = cfg.loss == "twin_focus" or cfg.dfm in ("wsf", "vf", "sum")
+        self.simple_head = nn.Linear(simple_width, 1) if self.has_heads else None
+        self.complex_head = nn.Linear(complex_width, 1) if self.has_heads else None
         self.fusion = Fusion(cfg.dfm, simple_width, complex_width, cfg.vf_temperature)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> ModelOutput:
         easy, hard, rows = self.ssem(sparse, dense)
         he_s = self.simple(easy.flatten(1))
         he_c = self.complex.encode(hard) if self.complex_takes_tokens else self.complex(hard.flatten(1))
-        z_s, z_c = self.simple_head(he_s), self.complex_head(he_c)
+        aux: dict[str, torch.Tensor] = {}
+        z_s = z_c = None
+        if self.simple_head is not None and self.complex_head is not None:
+            z_s, z_c = self.simple_head(he_s), self.complex_head(he_c)
+            aux.update(z_s=z_s.squeeze(-1), z_c=z_c.squeeze(-1))
         logits = self.fusion(z_s, z_c, he_s, he_c).squeeze(-1)
-        aux = {"z_s": z_s.squeeze(-1), "z_c": z_c.squeeze(-1)}
         if self.cfg.embedding_regularizer > 0:
             aux["emb_reg"] = self._regulariser(rows)
         return ModelOutput(logits=logits, aux=aux)
