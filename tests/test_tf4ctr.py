@@ -139,13 +139,15 @@ def test_dcnv2_complex_encoder(ssem: str) -> None:
     assert not unused
 
 
-@pytest.mark.skipif("dlf" not in over_arch_names(), reason="dlf over-arch not registered yet")
-def test_dlf_complex_encoder() -> None:
-    model = _build(ssem="ser", complex_encoder={"name": "dlf"})
+@pytest.mark.parametrize("name", over_arch_names())
+def test_every_registered_over_arch_as_complex_encoder(name: str) -> None:
+    # Covers dnn, dcnv2 and (once registered) dlf with their default configs; the over-arch's own head is dropped.
+    model = _build(ssem="ser", dfm="vf", complex_encoder={"name": name})
     dense, sparse, labels = _batch()
     out = model(dense, sparse)
     model.loss(out, labels).backward()
     assert torch.isfinite(out.logits).all()
+    assert not [n for n, p in model.named_parameters() if "ebc" not in n and p.grad is None]
 
 
 def _error(**model: Any) -> str:
