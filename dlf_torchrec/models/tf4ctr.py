@@ -7,7 +7,7 @@ Pipeline (B batch, F fields incl. dense ones, d embedding dim, D = F*d)::
 
     SSEM   sparse/dense -> h_es [B, D_s], h_hs [B, D]     (ser: D_s = F*d/2 from its own tables; else D_s = D)
     enc    h_es -> MLP_s -> he_s [B, W_s];  h_hs -> MLP_c or over-arch.encode -> he_c [B, W_c]
-    heads  z_s = Linear(he_s), z_c = Linear(he_c)        (these feed the Twin Focus loss in every DFM)
+    heads  z_s = Linear(he_s), z_c = Linear(he_c)        (TF loss in every DFM; absent for BCE-only cf / moef)
     DFM    (z_s, z_c, he_s, he_c) -> fused logit z       (ModelOutput.logits)
 
 The objective (``TF4CTR.loss``) is BCE(z) + L_TF(z_s, z_c) + embedding L2, all computed from ``output``.
@@ -68,10 +68,11 @@ class TF4CTRConfig:
     vf_temperature: float = 0.8
     # FuxiCTR's embedding_regularizer lambda (penalty lambda/2 * ||E||^2).
     embedding_regularizer: float = 0.0
-    # batch: lambda/2 * sum of squared looked-up categorical rows in the batch (each sample's pooled field vector;
-    #   equal to the row for single-id fields) + lambda/2 * ||V||^2 for the dense-field vectors (ordinary dense
-    #   parameters: exact). Works with fused, sharded tables. Differs from FuxiCTR: rows absent from the batch get
-    #   no decay, and a row looked up k times in a batch gets k times the gradient.
+    # batch: lambda/2 * sum of squared looked-up categorical rows in the batch (each sample's pooled field vector:
+    #   the row itself for single-id fields, the pooled sum for multi-id fields) + lambda/2 * ||V||^2 for the
+    #   dense-field vectors (ordinary dense parameters: exact). Works with fused, sharded tables. Differs from
+    #   FuxiCTR: rows absent from the batch get no decay, and a row looked up k times in a batch gets k times the
+    #   gradient.
     # table: FuxiCTR's whole-table lambda/2 * ||T||^2 every step. Not realisable here: TorchRec's fused optimisers
     #   update the tables inside the backward kernel, so a whole-table term in the loss never reaches them. Setting
     #   it with lambda > 0 is a config error pointing to optimizer.sparse.weight_decay (the fused equivalent, which
@@ -122,7 +123,11 @@ class TF4CTRConfig:
         return name, from_dict(model_config_class(name), raw, "model.complex_encoder")
 
     def check_embedding_dim(self, embedding_dim: int) -> None:
-        """The SER easy tables use d/2 and the easy encoder's input is F*d/2 (MODELS.md pitfall 6)."""
+        """The SER easy tables use d/2 and the easy encoder's input is F*d/2 (MODELS.md pitfall 6).
+
+        ``features.embedding_dim`` is not visible to ``validate``; the builder calls this (a config-level check can
+        call it too). Raises ValueError naming the key.
+        """
         if self.ssem == "ser" and embedding_dim % 2:
             raise ValueError(
                 f"features.embedding_dim: model.ssem 'ser' needs an even embedding_dim (the easy tables "
