@@ -1,0 +1,241 @@
+# ruff: noqa: UP006, UP007, UP035, UP045
+# TorchX parses component signatures by their AST and accepts only ``Optional``, ``Dict`` and ``List`` from typing
+# (not ``X | None`` / ``dict[...]``), so the pyupgrade rules are off for this file.
+"""TorchX components for dlf_torchrec: ``train``, ``preprocess`` and ``benchmark``.
+
+Run them by file path from the repository root (see docs/launching.md)::
+
+    torchx run -s local_cwd torchx_components/components.py:train -j 1x2 --config configs/synthetic/dcnv2.yaml
+    torchx run -s local_cwd torchx_components/components.py:preprocess --config configs/criteo/dcnv2.yaml
+    torchx run -s local_cwd torchx_components/components.py:benchmark -j 1x2 -- --help
+    torchx run torchx_components/components.py:train --help
+
+``train`` and ``benchmark`` are thin wrappers over the builtin ``dist.ddp`` (torchrun with c10d rendezvous on the
+first node), so every scheduler that runs ``dist.ddp`` runs them. ``preprocess`` is a single ``python -m`` process.
+"""
+
+from typing import Dict, List, Optional
+
+import torchx
+import torchx.specs as specs
+from torchx.components.dist import ddp
+
+TRAIN_MODULE = "dlf_torchrec.train"
+PREPROCESS_MODULE = "dlf_torchrec.data.preprocess"
+BENCHMARK_SCRIPT = "benchmarks/throughput.py"
+DEFAULT_CONFIG = "configs/synthetic/dcnv2.yaml"
+
+NCCL_ENV_DEFAULTS: Dict[str, str] = {
+    # Print NCCL warnings and errors (e.g. a failed IB/socket transport) without the INFO-level init chatter;
+    # set NCCL_DEBUG=INFO through ``env`` to debug topology or interface selection.
+    "NCCL_DEBUG": "WARN",
+    # A NCCL error or collective timeout on one rank aborts its communicators and kills the process, so
+    # torchrun tears the whole group down (and max_retries can restart it) instead of leaving the other ranks
+    # blocked in an all-to-all until the job's wall-clock limit.
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+}
+"""Environment defaults set for GPU jobs (``gpu > 0`` or a named resource with GPUs). Values given through
+``env`` win. Fabric-specific settings (NCCL_SOCKET_IFNAME, NCCL_IB_DISABLE, NCCL_IB_HCA) depend on the cluster and
+are not defaulted: pass them through ``env`` (docs/launching.md). CPU jobs get none of these: dlf_torchrec picks the
+gloo backend itself when ``training.device`` is ``auto`` and no GPU is visible."""
+
+
+def num_gpus(cpu: int, gpu: int, memMB: int, h: Optional[str]) -> int:
+    """GPUs per node that the job requests: from the named resource ``h`` if given, else ``gpu``."""
+    return specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h).gpu
+
+
+def job_env(env: Optional[Dict[str, str]], gpus: int) -> Dict[str, str]:
+    """The user's ``env`` plus :data:`NCCL_ENV_DEFAULTS` for GPU jobs (user values take precedence)."""
+    merged = dict(env or {})
+    if gpus > 0:
+        for key, value in NCCL_ENV_DEFAULTS.items():
+            merged.setdefault(key, value)
+    return merged
+
+
+def train(
+    *overrides: str,
+    config: str = DEFAULT_CONFIG,
+    script: Optional[str] = None,
+    j: str = "1x2",
+    image: str = torchx.IMAGE,
+    name: str = "/",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
+    max_retries: int = 0,
+    rdzv_backend: str = "c10d",
+    rdzv_port: int = 29500,
+    debug: bool = False,
+) -> specs.AppDef:
+    """
+    Trains a dlf_torchrec CTR model on nnodes x nproc_per_node ranks (torchrun via dist.ddp).
+
+    Runs ``python -m dlf_torchrec.train --config CONFIG [OVERRIDES...]`` on every rank. Rank 0 preprocesses the
+    dataset on first use; checkpoints, metrics.jsonl and results.json go to ``training.output_dir``, which must be
+    on a filesystem shared by all nodes for multi-node jobs. CPU runs use gloo, GPU runs NCCL (chosen by
+    dlf_torchrec from training.device=auto); GPU runs get NCCL_DEBUG=WARN and TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+    unless ``env`` sets them.
+
+    Examples:
+    torchx run -s local_cwd torchx_components/components.py:train -j 1x2 training.epochs=1
+    torchx run -s slurm -cfg partition=gpu,time=04:00:00 torchx_components/components.py:train -j 4x8 --gpu 8
+    --config configs/criteo/dlf.yaml dataset.output_dir=/shared/criteo training.output_dir=/shared/runs/dlf
+
+    Args:
+        overrides: config overrides ``key.sub=value`` applied after the YAML (e.g. training.epochs=3
+            model.dropout=0.1); put ``--`` before them if the first one starts with ``-``
+        config: experiment YAML, relative to the working directory (repo root / image WORKDIR) or absolute
+        script: run this script file instead of ``-m dlf_torchrec.train`` (e.g. dlf_torchrec/train.py)
+        j: [{min_nnodes}:]{nnodes}x{nproc_per_node}, e.g. 1x2 (one node, 2 ranks) or 4x8; with GPUs
+            nproc_per_node must not exceed the GPUs per node
+        image: image (docker/k8s) or working directory (local_cwd, slurm) the job runs in
+        name: job name ``{experimentname}/{runname}``, ``{experimentname}/``, ``/{runname}`` or ``{runname}``
+        cpu: CPUs per node (replica); ignored if ``h`` is given
+        gpu: GPUs per node (replica); > 0 adds the NCCL env defaults; ignored if ``h`` is given
+        memMB: host memory per node in MB; ignored if ``h`` is given
+        h: a registered named resource (e.g. aws_p4d.24xlarge); takes precedence over cpu, gpu, memMB
+        env: environment variables for every rank, e.g. NCCL_SOCKET_IFNAME=eth0,NCCL_IB_DISABLE=1
+        mounts: mounts into the worker containers, e.g. type=volume,src=criteo-pvc,dst=/data (k8s PVC) or
+            type=bind,src=/shared,dst=/shared; see the scheduler's documentation
+        max_retries: number of scheduler retries of the whole job
+        rdzv_backend: torchrun rendezvous backend (c10d hosts the store on the first node; static, etcd)
+        rdzv_port: port of the c10d store on the first node (multi-node only; one node picks a free port)
+        debug: add torchx's debug env (TORCH_DISTRIBUTED_DEBUG=DETAIL, NCCL_DESYNC_DEBUG=1, ...)
+    """
+    args = ["--config", config, *overrides]
+    return ddp(
+        *args,
+        script=script,
+        m=None if script else TRAIN_MODULE,
+        image=image,
+        name=name,
+        h=h,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        j=j,
+        env=job_env(env, num_gpus(cpu, gpu, memMB, h)),
+        max_retries=max_retries,
+        rdzv_port=rdzv_port,
+        rdzv_backend=rdzv_backend,
+        mounts=mounts,
+        debug=debug,
+    )
+
+
+def preprocess(
+    *overrides: str,
+    config: str = DEFAULT_CONFIG,
+    image: str = torchx.IMAGE,
+    name: str = "dlf-preprocess",
+    cpu: int = 4,
+    memMB: int = 16384,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
+    max_retries: int = 0,
+) -> specs.AppDef:
+    """
+    Preprocesses a dataset once (one process on one node): python -m dlf_torchrec.data.preprocess.
+
+    Writes the processed splits and vocabularies to ``dataset.output_dir``; run it before a multi-node ``train``
+    so that the training job starts on ready data (``train`` would otherwise preprocess on rank 0 while the other
+    ranks wait). Point ``dataset.output_dir`` at a filesystem the training nodes share.
+
+    Examples:
+    torchx run -s local_cwd torchx_components/components.py:preprocess --config configs/criteo/dcnv2.yaml
+    torchx run -s slurm -cfg partition=cpu torchx_components/components.py:preprocess --config
+    configs/criteo/dcnv2.yaml dataset.output_dir=/shared/criteo
+
+    Args:
+        overrides: config overrides ``key.sub=value`` (e.g. dataset.output_dir=/shared/criteo)
+        config: experiment YAML whose ``dataset`` section describes the raw data and the output directory
+        image: image (docker/k8s) or working directory (local_cwd, slurm) the job runs in
+        name: job name
+        cpu: CPUs for the process; ignored if ``h`` is given
+        memMB: host memory in MB; ignored if ``h`` is given
+        h: a registered named resource; takes precedence over cpu, memMB
+        env: environment variables, e.g. FOO=1,BAR=2
+        mounts: mounts into the container, e.g. type=volume,src=criteo-pvc,dst=/data
+        max_retries: number of scheduler retries
+    """
+    return specs.AppDef(
+        name=name,
+        roles=[
+            specs.Role(
+                name="preprocess",
+                image=image,
+                entrypoint="python",
+                args=["-m", PREPROCESS_MODULE, "--config", config, *overrides],
+                env=dict(env or {}),
+                num_replicas=1,
+                resource=specs.resource(cpu=cpu, gpu=0, memMB=memMB, h=h),
+                max_retries=max_retries,
+                mounts=specs.parse_mounts(mounts) if mounts else [],
+            )
+        ],
+    )
+
+
+def benchmark(
+    *script_args: str,
+    script: str = BENCHMARK_SCRIPT,
+    j: str = "1x1",
+    image: str = torchx.IMAGE,
+    name: str = "/",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
+    max_retries: int = 0,
+    rdzv_backend: str = "c10d",
+    rdzv_port: int = 29500,
+) -> specs.AppDef:
+    """
+    Runs a throughput benchmark on nnodes x nproc_per_node ranks (torchrun via dist.ddp).
+
+    Runs ``SCRIPT [SCRIPT_ARGS...]`` (default benchmarks/throughput.py) on every rank; GPU runs get the same
+    NCCL env defaults as ``train``. Compare timings only between runs on the same hardware and topology.
+
+    Examples:
+    torchx run -s local_cwd torchx_components/components.py:benchmark -j 1x2 -- --help
+
+    Args:
+        script_args: arguments of the benchmark script; put ``--`` before them if the first starts with ``-``
+        script: benchmark script, relative to the working directory (repo root / image WORKDIR)
+        j: [{min_nnodes}:]{nnodes}x{nproc_per_node}, e.g. 1x1 or 2x8
+        image: image (docker/k8s) or working directory (local_cwd, slurm) the job runs in
+        name: job name ``{experimentname}/{runname}``, ``{experimentname}/``, ``/{runname}`` or ``{runname}``
+        cpu: CPUs per node (replica); ignored if ``h`` is given
+        gpu: GPUs per node (replica); > 0 adds the NCCL env defaults; ignored if ``h`` is given
+        memMB: host memory per node in MB; ignored if ``h`` is given
+        h: a registered named resource; takes precedence over cpu, gpu, memMB
+        env: environment variables for every rank, e.g. NCCL_SOCKET_IFNAME=eth0
+        mounts: mounts into the worker containers, e.g. type=volume,src=criteo-pvc,dst=/data
+        max_retries: number of scheduler retries of the whole job
+        rdzv_backend: torchrun rendezvous backend (c10d hosts the store on the first node)
+        rdzv_port: port of the c10d store on the first node (multi-node only)
+    """
+    return ddp(
+        *script_args,
+        script=script,
+        image=image,
+        name=name,
+        h=h,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        j=j,
+        env=job_env(env, num_gpus(cpu, gpu, memMB, h)),
+        max_retries=max_retries,
+        rdzv_port=rdzv_port,
+        rdzv_backend=rdzv_backend,
+        mounts=mounts,
+    )
