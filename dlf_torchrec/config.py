@@ -299,6 +299,13 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"training.lr_decay_factor: must be in (0, 1], got {tr.lr_decay_factor}")
     if cfg.features.init_std <= 0:
         raise ConfigError(f"features.init_std: must be > 0, got {cfg.features.init_std}")
+    # Model configs that depend on the embedding size (e.g. TF4CTR SER needs an even d) check it here.
+    check_dim = getattr(cfg.model, "check_embedding_dim", None)
+    if callable(check_dim):
+        try:
+            check_dim(cfg.features.embedding_dim)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def build_config(raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> ExperimentConfig:
