@@ -183,11 +183,13 @@ def test_preprocess_component(runner: Runner) -> None:
 
 
 def test_benchmark_component(runner: Runner) -> None:
-    app = dryrun(runner, f"{COMPONENTS}:benchmark", ["-j", "1x2", "--", "--batch-size", "4096"], "local_cwd")._app
-    cmd = torchrun_cmd(app)
-    assert flag(cmd, "--nproc_per_node") == "2"
-    assert cmd[-3:] == ["benchmarks/throughput.py", "--batch-size", "4096"]
-    gpu = dryrun(runner, f"{COMPONENTS}:benchmark", ["-j", "1x8", "--gpu", "8"], "slurm")._app
+    """One plain process (the benchmark spawns its own ranks), arguments passed through after ``--``."""
+    info = dryrun(runner, f"{COMPONENTS}:benchmark", ["--cpu", "16", "--", "--world-sizes", "1", "2"], "slurm")
+    (role,) = info._app.roles
+    assert role.entrypoint == "python" and role.num_replicas == 1 and role.resource.cpu == 16
+    assert role.args == ["benchmarks/throughput.py", "--world-sizes", "1", "2"]
+    assert "python benchmarks/throughput.py --world-sizes 1 2" in info.request.materialize()
+    gpu = dryrun(runner, f"{COMPONENTS}:benchmark", ["--gpu", "8"], "slurm")._app
     assert gpu.roles[0].env["NCCL_DEBUG"] == "WARN"
 
 

@@ -7,11 +7,12 @@ Run them by file path from the repository root (see docs/launching.md)::
 
     torchx run -s local_cwd torchx_components/components.py:train -j 1x2 --config configs/synthetic/dcnv2.yaml
     torchx run -s local_cwd torchx_components/components.py:preprocess --config configs/criteo/dcnv2.yaml
-    torchx run -s local_cwd torchx_components/components.py:benchmark -j 1x2 -- --help
+    torchx run -s local_cwd torchx_components/components.py:benchmark -- --world-sizes 1 2
     torchx run torchx_components/components.py:train --help
 
-``train`` and ``benchmark`` are thin wrappers over the builtin ``dist.ddp`` (torchrun with c10d rendezvous on the
-first node), so every scheduler that runs ``dist.ddp`` runs them. ``preprocess`` is a single ``python -m`` process.
+``train`` is a thin wrapper over the builtin ``dist.ddp`` (torchrun with c10d rendezvous on the first node), so every
+scheduler that runs ``dist.ddp`` runs it. ``preprocess`` and ``benchmark`` are single ``python`` processes
+(the benchmark spawns its own ranks).
 """
 
 from typing import Dict, List, Optional
@@ -81,10 +82,10 @@ def train(
     dlf_torchrec from training.device=auto); GPU runs get NCCL_DEBUG=WARN and TORCH_NCCL_ASYNC_ERROR_HANDLING=1
     unless ``env`` sets them.
 
-    Examples:
-    torchx run -s local_cwd torchx_components/components.py:train -j 1x2 training.epochs=1
-    torchx run -s slurm -cfg partition=gpu,time=04:00:00 torchx_components/components.py:train -j 4x8 --gpu 8
-    --config configs/criteo/dlf.yaml dataset.output_dir=/shared/criteo training.output_dir=/shared/runs/dlf
+    Usage: torchx run -s local_cwd torchx_components/components.py:train -j 1x2 training.epochs=1
+    Usage: torchx run -s slurm -cfg partition=gpu,time=04:00:00 torchx_components/components.py:train -j 4x8
+    --gpu 8 --config configs/criteo/dlf.yaml dataset.output_dir=/shared/dlf/criteo
+    training.output_dir=/shared/dlf/runs/criteo_dlf
 
     Args:
         overrides: config overrides ``key.sub=value`` applied after the YAML (e.g. training.epochs=3
@@ -128,6 +129,28 @@ def train(
     )
 
 
+def single_process_app(name: str, role: str, args: List[str], image: str, cpu: int, gpu: int, memMB: int,
+                       h: Optional[str], env: Optional[Dict[str, str]], mounts: Optional[List[str]],
+                       max_retries: int) -> specs.AppDef:
+    """One ``python ARGS...`` process on one node (no torchrun): the shape of ``preprocess`` and ``benchmark``."""
+    return specs.AppDef(
+        name=name,
+        roles=[
+            specs.Role(
+                name=role,
+                image=image,
+                entrypoint="python",
+                args=list(args),
+                env=job_env(env, num_gpus(cpu, gpu, memMB, h)),
+                num_replicas=1,
+                resource=specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h),
+                max_retries=max_retries,
+                mounts=specs.parse_mounts(mounts) if mounts else [],
+            )
+        ],
+    )
+
+
 def preprocess(
     *overrides: str,
     config: str = DEFAULT_CONFIG,
@@ -147,13 +170,12 @@ def preprocess(
     so that the training job starts on ready data (``train`` would otherwise preprocess on rank 0 while the other
     ranks wait). Point ``dataset.output_dir`` at a filesystem the training nodes share.
 
-    Examples:
-    torchx run -s local_cwd torchx_components/components.py:preprocess --config configs/criteo/dcnv2.yaml
-    torchx run -s slurm -cfg partition=cpu torchx_components/components.py:preprocess --config
-    configs/criteo/dcnv2.yaml dataset.output_dir=/shared/criteo
+    Usage: torchx run -s local_cwd torchx_components/components.py:preprocess --config configs/criteo/dcnv2.yaml
+    Usage: torchx run -s slurm -cfg partition=cpu torchx_components/components.py:preprocess
+    --config configs/criteo/dcnv2.yaml dataset.output_dir=/shared/dlf/criteo
 
     Args:
-        overrides: config overrides ``key.sub=value`` (e.g. dataset.output_dir=/shared/criteo)
+        overrides: config overrides ``key.sub=value`` (e.g. dataset.output_dir=/shared/dlf/criteo)
         config: experiment YAML whose ``dataset`` section describes the raw data and the output directory
         image: image (docker/k8s) or working directory (local_cwd, slurm) the job runs in
         name: job name
@@ -164,78 +186,46 @@ def preprocess(
         mounts: mounts into the container, e.g. type=volume,src=criteo-pvc,dst=/data
         max_retries: number of scheduler retries
     """
-    return specs.AppDef(
-        name=name,
-        roles=[
-            specs.Role(
-                name="preprocess",
-                image=image,
-                entrypoint="python",
-                args=["-m", PREPROCESS_MODULE, "--config", config, *overrides],
-                env=dict(env or {}),
-                num_replicas=1,
-                resource=specs.resource(cpu=cpu, gpu=0, memMB=memMB, h=h),
-                max_retries=max_retries,
-                mounts=specs.parse_mounts(mounts) if mounts else [],
-            )
-        ],
-    )
+    return single_process_app(name, "preprocess", ["-m", PREPROCESS_MODULE, "--config", config, *overrides],
+                              image, cpu, 0, memMB, h, env, mounts, max_retries)
 
 
 def benchmark(
     *script_args: str,
     script: str = BENCHMARK_SCRIPT,
-    j: str = "1x1",
     image: str = torchx.IMAGE,
-    name: str = "/",
+    name: str = "dlf-benchmark",
     cpu: int = 2,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: int = 16384,
     h: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     mounts: Optional[List[str]] = None,
     max_retries: int = 0,
-    rdzv_backend: str = "c10d",
-    rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """
-    Runs a throughput benchmark on nnodes x nproc_per_node ranks (torchrun via dist.ddp).
+    Runs a throughput benchmark: one ``python SCRIPT [SCRIPT_ARGS...]`` process on one node.
 
-    Runs ``SCRIPT [SCRIPT_ARGS...]`` (default benchmarks/throughput.py) on every rank; GPU runs get the same
-    NCCL env defaults as ``train``. Compare timings only between runs on the same hardware and topology.
+    Not under torchrun: benchmarks/throughput.py spawns its own ranks for each world size it measures (its
+    --world-sizes option), so it runs as a single process holding the whole node; give it the node's CPUs.
+    Compare timings only between runs on the same hardware.
 
-    Examples:
-    torchx run -s local_cwd torchx_components/components.py:benchmark -j 1x2 -- --help
+    Usage: torchx run -s local_cwd torchx_components/components.py:benchmark -- --help
+    Usage: torchx run -s slurm -cfg partition=cpu torchx_components/components.py:benchmark --cpu 16
+    -- --world-sizes 1 2
 
     Args:
         script_args: arguments of the benchmark script; put ``--`` before them if the first starts with ``-``
         script: benchmark script, relative to the working directory (repo root / image WORKDIR)
-        j: [{min_nnodes}:]{nnodes}x{nproc_per_node}, e.g. 1x1 or 2x8
         image: image (docker/k8s) or working directory (local_cwd, slurm) the job runs in
-        name: job name ``{experimentname}/{runname}``, ``{experimentname}/``, ``/{runname}`` or ``{runname}``
-        cpu: CPUs per node (replica); ignored if ``h`` is given
-        gpu: GPUs per node (replica); > 0 adds the NCCL env defaults; ignored if ``h`` is given
-        memMB: host memory per node in MB; ignored if ``h`` is given
+        name: job name
+        cpu: CPUs for the process (and the ranks it spawns); ignored if ``h`` is given
+        gpu: GPUs; > 0 adds the NCCL env defaults; ignored if ``h`` is given
+        memMB: host memory in MB; ignored if ``h`` is given
         h: a registered named resource; takes precedence over cpu, gpu, memMB
-        env: environment variables for every rank, e.g. NCCL_SOCKET_IFNAME=eth0
-        mounts: mounts into the worker containers, e.g. type=volume,src=criteo-pvc,dst=/data
-        max_retries: number of scheduler retries of the whole job
-        rdzv_backend: torchrun rendezvous backend (c10d hosts the store on the first node)
-        rdzv_port: port of the c10d store on the first node (multi-node only)
+        env: environment variables, e.g. OMP_NUM_THREADS=1
+        mounts: mounts into the container, e.g. type=bind,src=/shared,dst=/shared
+        max_retries: number of scheduler retries
     """
-    return ddp(
-        *script_args,
-        script=script,
-        image=image,
-        name=name,
-        h=h,
-        cpu=cpu,
-        gpu=gpu,
-        memMB=memMB,
-        j=j,
-        env=job_env(env, num_gpus(cpu, gpu, memMB, h)),
-        max_retries=max_retries,
-        rdzv_port=rdzv_port,
-        rdzv_backend=rdzv_backend,
-        mounts=mounts,
-    )
+    return single_process_app(name, "benchmark", [script, *script_args], image, cpu, gpu, memMB, h, env, mounts,
+                              max_retries)
