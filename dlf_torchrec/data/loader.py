@@ -1,0 +1,165 @@
+"""Batches of a preprocessed split as ``torchrec.datasets.utils.Batch``, partitioned across ranks.
+
+Each batch: ``dense_features`` float32 [B, num_dense] ([B, 0] when none), ``sparse_features`` a
+KeyedJaggedTensor with the categorical field names (meta order) as keys and exactly one id per sample and key
+(values int64 [F * B] key-major, lengths int32 [F * B] all ones), ``labels`` float32 [B].
+
+Partitioning of a split of N rows over ``world_size`` ranks:
+
+* training (``for_eval=False``): every rank gets exactly floor(N / world_size) rows, so all ranks run the same
+  number of steps with identical batch sizes (the last batch may be shorter, on every rank alike). With
+  ``shuffle`` a global permutation seeded by (seed, epoch) is sliced per rank; without, rank r reads the r-th
+  contiguous block. Up to world_size - 1 rows per epoch are dropped (different ones each shuffled epoch).
+* evaluation (``for_eval=True``, never shuffled): rank r reads the r-th contiguous block of ceil(N / world_size)
+  rows; positions past N are padding rows with label -1.0 (sparse ids 0 = PAD, dense 0) that downstream code
+  drops (``labels >= 0``). Every row is seen exactly once, and every rank yields the same batches sizes.
+
+``num_workers > 0`` uses a torch DataLoader (``batch_size=None``) over an IterableDataset in which worker w
+builds batches w, w + W, ...; the DataLoader's round-robin then returns them in the same order as
+``num_workers=0``. ``skip_batches`` drops the first k batches of the epoch (mid-epoch resume).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dlf_torchrec.data.meta import DatasetMeta, FeatureSpec
+from dlf_torchrec.data.shards import SplitArrays, open_split
+
+PAD_LABEL = -1.0
+
+
+def load_meta(data_dir: str) -> DatasetMeta:
+    """The :class:`DatasetMeta` of a preprocessed dataset directory."""
+    return DatasetMeta.load(data_dir)
+
+
+def load_feature_spec(data_dir: str) -> FeatureSpec:
+    """The :class:`FeatureSpec` (categorical fields with vocab sizes, dense names) of a preprocessed directory."""
+    return DatasetMeta.load(data_dir).feature_spec
+
+
+def rank_rows(n: int, rank: int, world_size: int, *, for_eval: bool) -> int:
+    """Rows rank ``rank`` reads per epoch (padding included for eval)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} not in [0, {world_size})")
+    return math.ceil(n / world_size) if for_eval else n // world_size
+
+
+def rank_indices(n: int, rank: int, world_size: int, *, for_eval: bool, shuffle: bool, seed: int,
+                 epoch: int) -> np.ndarray:
+    """Row indices int64 [rank_rows] of one rank in batch order; -1 marks an eval padding row."""
+    per = rank_rows(n, rank, world_size, for_eval=for_eval)
+    if for_eval:
+        idx = np.arange(rank * per, (rank + 1) * per, dtype=np.int64)
+        idx[idx >= n] = -1
+        return idx
+    if shuffle:
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        return perm[rank * per:(rank + 1) * per].astype(np.int64)
+    return np.arange(rank * per, (rank + 1) * per, dtype=np.int64)
+
+
+class _SplitBatches(IterableDataset):
+    """Yields (dense [B, D], values int64 [F * B], lengths int32 [F * B], labels [B]) tensors for this rank."""
+
+    def __init__(self, data_dir: str, split: str, batch_size: int, rank: int, world_size: int, shuffle: bool,
+                 seed: int, epoch: int, for_eval: bool, skip_batches: int) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.meta = DatasetMeta.load(data_dir)
+        if split not in self.meta.splits:
+            raise KeyError(f"{data_dir}: no split {split!r} (have {sorted(self.meta.splits)})")
+        self.data_dir, self.split, self.batch_size = data_dir, split, batch_size
+        self.rank, self.world_size, self.shuffle, self.seed, self.epoch = rank, world_size, shuffle, seed, epoch
+        self.for_eval, self.skip_batches = for_eval, max(skip_batches, 0)
+        self.n = self.meta.splits[split].rows
+        self.rows = rank_rows(self.n, rank, world_size, for_eval=for_eval)
+        self.total_batches = math.ceil(self.rows / batch_size)
+        self._arrays: SplitArrays | None = None
+
+    def __len__(self) -> int:
+        return max(self.total_batches - self.skip_batches, 0)
+
+    def arrays(self) -> SplitArrays:
+        if self._arrays is None:
+            self._arrays = open_split(self.data_dir, self.split, self.meta)
+        return self._arrays
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        arr = self.arrays()
+        pad = idx < 0
+        rows = np.where(pad, 0, idx)
+        labels = np.asarray(arr.labels[rows], dtype=np.float32)
+        sparse = np.asarray(arr.sparse[rows], dtype=np.int64)
+        dense = np.asarray(arr.dense[rows], dtype=np.float32)
+        if pad.any():
+            labels[pad] = PAD_LABEL
+            sparse[pad] = 0
+            dense[pad] = 0.0
+        values = torch.from_numpy(np.ascontiguousarray(sparse.T).reshape(-1))
+        lengths = torch.ones(values.numel(), dtype=torch.int32)
+        return torch.from_numpy(dense), values, lengths, torch.from_numpy(labels)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        idx = rank_indices(self.n, self.rank, self.world_size, for_eval=self.for_eval, shuffle=self.shuffle,
+                           seed=self.seed, epoch=self.epoch)
+        bs = self.batch_size
+        for k, b in enumerate(range(self.skip_batches, self.total_batches)):
+            if k % nw == wid:
+                yield self.batch(idx[b * bs:(b + 1) * bs])
+
+
+class CTRDataLoader:
+    """Iterable of :class:`Batch` for one rank and epoch; ``len()`` is the number of batches it yields."""
+
+    def __init__(self, dataset: _SplitBatches, num_workers: int) -> None:
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.keys = dataset.meta.feature_spec.categorical_names
+
+    @property
+    def meta(self) -> DatasetMeta:
+        return self.dataset.meta
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return self.dataset.meta.feature_spec
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _to_batch(self, parts: tuple[torch.Tensor, ...]) -> Batch:
+        dense, values, lengths, labels = parts
+        kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)
+        return Batch(dense_features=dense, sparse_features=kjt, labels=labels)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.num_workers <= 0:
+            source: object = self.dataset
+        else:
+            source = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers)
+        for parts in source:  # type: ignore[attr-defined]
+            yield self._to_batch(parts)
+
+
+def make_dataloader(data_dir: str, split: str, batch_size: int, rank: int = 0, world_size: int = 1, *,
+                    shuffle: bool, seed: int = 0, epoch: int = 0, num_workers: int = 0, for_eval: bool = False,
+                    skip_batches: int = 0) -> CTRDataLoader:
+    """Batches of ``split`` of the preprocessed dataset in ``data_dir`` for ``rank`` of ``world_size``.
+
+    ``batch_size`` is the per-rank batch size. See the module docstring for the partitioning rules.
+    """
+    ds = _SplitBatches(data_dir, split, batch_size, rank, world_size, shuffle and not for_eval, seed, epoch,
+                       for_eval, skip_batches)
+    return CTRDataLoader(ds, num_workers)
