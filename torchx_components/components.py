@@ -175,7 +175,8 @@ def preprocess(
     --config configs/criteo/dcnv2.yaml dataset.output_dir=/shared/dlf/criteo
 
     Args:
-        overrides: config overrides ``key.sub=value`` (e.g. dataset.output_dir=/shared/dlf/criteo)
+        overrides: config overrides ``key.sub=value`` (e.g. dataset.output_dir=/shared/dlf/criteo); preprocess
+            flags go here too, after ``--`` (e.g. -- --force dataset.min_count=10)
         config: experiment YAML whose ``dataset`` section describes the raw data and the output directory
         image: image (docker/k8s) or working directory (local_cwd, slurm) the job runs in
         name: job name
