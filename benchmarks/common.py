@@ -1,0 +1,216 @@
+"""Shared helpers for the benchmarks: a provenance stamp, peak-RSS measurement and result writers (CSV, Markdown, PNG).
+
+Every result file carries the stamp (command line, git commit + dirty flag, UTC time, machine, library versions) so
+a number can always be traced back to the code and machine that produced it:
+
+* CSV: ``# key: value`` comment lines before the header (read back with ``read_csv``, which skips them);
+* Markdown: an HTML comment block at the top plus a visible "Provenance" section at the bottom;
+* PNG: a small footer text under the plot.
+
+Peak RSS: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is the high-water mark of this process. Long-lived benchmark
+workers measure several configurations one after the other, so :func:`reset_peak_rss` first resets the kernel's
+high-water mark (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0) to the current RSS; :func:`peak_rss_mib` then
+reports the peak since the reset. Where the reset is unavailable the figure is the process-lifetime peak (an upper
+bound) and :func:`reset_peak_rss` returns False so callers can say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+
+
+# ----------------------------------------------------------------------------------------------------------- stamp
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # noqa: BLE001 - a missing package is reported, not fatal
+        return "not installed"
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def make_stamp(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """Provenance of a benchmark run. Keys are stable; values are strings (for CSV/MD/PNG alike)."""
+    argv = list(sys.argv if argv is None else argv)
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "command": " ".join(shlex.quote(a) for a in ["python", *argv]),
+        "git_commit": commit + (" (dirty)" if dirty else ""),
+        "utc_time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": f"{os.cpu_count()} cores, {_ram_gib()} GiB RAM, {_cpu_model()}, {platform.system()} "
+                   f"{platform.machine()}",
+        "load_average_at_start": _load_average(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "torchrec": _version("torchrec"),
+        "fbgemm_gpu": _version("fbgemm_gpu_cpu") if _version("fbgemm_gpu_cpu") != "not installed"
+        else _version("fbgemm_gpu"),
+    }
+
+
+def stamp_lines(stamp: dict[str, str]) -> list[str]:
+    return [f"{k}: {v}" for k, v in stamp.items()]
+
+
+# ------------------------------------------------------------------------------------------------------- peak RSS
+def reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark to its current RSS. False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (since the last :func:`reset_peak_rss`, if it worked)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def children_peak_rss_mib() -> float:
+    """Largest peak RSS among waited-for child processes (ru_maxrss of RUSAGE_CHILDREN), in MiB."""
+    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+# --------------------------------------------------------------------------------------------------------- writers
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return ""
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def write_csv(path: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], stamp: dict[str, str]) -> str:
+    """CSV with ``# key: value`` stamp comment lines first, then a header row and one row per result."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        for line in stamp_lines(stamp):
+            f.write(f"# {line}\n")
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    return path
+
+
+def read_csv(path: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Read a file written by :func:`write_csv`: (stamp, rows as strings)."""
+    stamp: dict[str, str] = {}
+    with open(path, newline="") as f:
+        lines = f.readlines()
+    body = []
+    for line in lines:
+        if line.startswith("# "):
+            key, _, value = line[2:].rstrip("\n").partition(": ")
+            stamp[key] = value
+        else:
+            body.append(line)
+    return stamp, list(csv.DictReader(body))
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    head = "| " + " | ".join(columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(_fmt(r.get(c, "")) if r.get(c) is not None else "" for c in columns) + " |"
+            for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def write_markdown(path: str, title: str, sections: Sequence[tuple[str, str]], stamp: dict[str, str]) -> str:
+    """Markdown file: stamp as an HTML comment, ``# title``, then ``(heading, body)`` sections, then provenance."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    parts = ["<!--", *stamp_lines(stamp), "-->", "", f"# {title}", ""]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body.rstrip(), ""]
+    parts += ["## Provenance", "", *[f"- {line}" for line in stamp_lines(stamp)], ""]
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+    return path
+
+
+def new_figure(width: float = 10.0, height: float = 5.5, ncols: int = 1) -> tuple[Any, Any]:
+    """A matplotlib (Agg) figure and its axes (one Axes, or a list of ``ncols`` Axes when ``ncols`` > 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+    return fig, (axes[0][0] if ncols == 1 else list(axes[0]))
+
+
+def save_figure(fig: Any, path: str, stamp: dict[str, str]) -> str:
+    """Save ``fig`` as PNG with the stamp as a small footer text."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    footer = (f"{stamp.get('utc_time', '')} | commit {stamp.get('git_commit', '')[:19]} | {stamp.get('machine', '')}"
+              f" | torch {stamp.get('torch', '')}, torchrec {stamp.get('torchrec', '')}, fbgemm "
+              f"{stamp.get('fbgemm_gpu', '')}\n{stamp.get('command', '')}")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.text(0.01, 0.01, footer, fontsize=6, family="monospace", va="bottom", ha="left", wrap=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
