@@ -192,3 +192,19 @@ def test_chunk_parser_mixed_good_bad_and_unusual_rows() -> None:
     assert_chunks_equal(apc, _reference(AVAZU, abuf))
     assert apc.categorical[AVAZU.categorical_fields.index("site_id")].dtype.kind == "S"
     assert len(apc.ok_idx) == 3
+
+
+def test_libfm_chunk_fast_and_slow_rows_agree(shared_data: Path) -> None:
+    schema = libfm_schema(10)
+    buf = (shared_data / "frappe_nfm" / "frappe.validation.libfm").read_bytes()[:200_000]
+    buf = buf[:buf.rindex(b"\n") + 1]
+    odd = [b"1  266:1 1244:1 5042:1 5049:1 5054:1 5055:1 5058:1 5062:1 5074:1 5149:1",  # double space: slow, valid
+           b"-1\t138:1 1296:1 5041:1 5052:1 5053:1 5055:1 5058:1 5061:1 5085:1 5201:1 ",  # tab + trailing space
+           b"0 123456789:1 2:1 3:1 4:1 5:1 6:1 7:1 8:1 9:1 10:1",  # long id: slow, valid
+           b"1 1:1 2:1 3 4:1 5:1 6:1 7:1 8:1 9:1 10:1",  # no colon
+           b"1 1:1 :1 3:1 4:1 5:1 6:1 7:1 8:1 9:1 10:1"]  # empty id
+    buf += b"\n".join(odd) + b"\n"
+    pc = P.parse_chunk(schema, buf)
+    assert_chunks_equal(pc, _reference(schema, buf))
+    assert [r for _, r, _ in pc.rejected] == [P.BAD_ITEM, P.BAD_ITEM]
+    assert pc.categorical[0].dtype.kind == "S" and pc.categorical[1].dtype == np.uint64  # f1 has a 9-byte id

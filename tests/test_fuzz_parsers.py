@@ -155,6 +155,12 @@ def test_fuzz_avazu_chunk_matches_rows(lines: list[bytes]) -> None:
     _agree(AVAZU, lines)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(mutated(LIBFM_BASES, b" "), min_size=1, max_size=12))
+def test_fuzz_libfm_chunk_matches_rows(lines: list[bytes]) -> None:
+    _agree(LIBFM, lines)
+
+
 EXAMPLE_RE = re.compile(r"^(?P<file>.+):(?P<line>\d+): (?P<reason>[a-z -]+)( \(.*\))?$", re.S)
 
 

@@ -278,7 +278,7 @@ class _Fields:
     """Field boundaries of the lines of a buffer that have exactly ``n_cols`` delimited fields (eligible lines)
     and packed 8-byte windows of fields."""
 
-    def __init__(self, buf: bytes, delim: int, n_cols: int) -> None:
+    def __init__(self, buf: bytes, delim: int, n_cols: int, forbid: bytes = b"") -> None:
         a = np.frombuffer(buf, dtype=np.uint8)
         seps = np.flatnonzero((a == delim) | (a == 10))
         nl_k = np.flatnonzero(a[seps] == 10)  # index into seps of each line end
@@ -289,14 +289,17 @@ class _Fields:
         start[1:] = nl[:-1] + 1
         short = nl - start <= MAX_FAST_LINE
         regular = len(seps) == n * n_cols and bool(np.all(nl_k == np.arange(n_cols - 1, len(seps), n_cols)))
-        if regular and b"\x00" not in buf and bool(short.all()):
+        forbid += b"\x00"
+        has_forbidden = any(c in buf for c in (forbid[i:i + 1] for i in range(len(forbid))))
+        if regular and not has_forbidden and bool(short.all()):
             ei = np.arange(n)
             end = seps.reshape(n, n_cols)
         else:
             fields = np.diff(nl_k, prepend=-1)
             elig = (fields == n_cols) & short
-            if b"\x00" in buf:
-                elig[np.searchsorted(nl, np.flatnonzero(a == 0))] = False
+            if has_forbidden:
+                bad = np.isin(a, np.frombuffer(forbid, dtype=np.uint8))
+                elig[np.searchsorted(nl, np.flatnonzero(bad))] = False
             ei = np.flatnonzero(elig)
             end = seps[nl_k[ei][:, None] - (n_cols - 1) + np.arange(n_cols)]
         beg = np.empty_like(end)
@@ -382,11 +385,55 @@ def _fast_avazu(f: _Fields) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return ok, labels, np.zeros((len(ok), 0), dtype=np.float64), keys
 
 
-_FAST = {"criteo": (_fast_criteo, 9), "avazu": (_fast_avazu, 44)}
+def _fast_libfm(f: _Fields) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Single-space separated ``label id:val ...`` lines with items of at most 8 bytes."""
+    k, ln = f.window(slice(0, 1))
+    b = k[:, 0].astype(">u8").view(np.uint8).reshape(-1, 8)
+    one = (ln[:, 0] == 1) & (b[:, 0] == 49)
+    zero = (ln[:, 0] == 1) & (b[:, 0] == 48)
+    plus = (ln[:, 0] == 2) & (b[:, 0] == 43) & (b[:, 1] == 49)
+    minus = (ln[:, 0] == 2) & (b[:, 0] == 45) & (b[:, 1] == 49)
+    ok = one | zero | plus | minus
+    labels = (one | plus).astype(np.float32)
+    ik, il = f.window(slice(1, None))
+    ib = np.ascontiguousarray(ik).astype(">u8").view(np.uint8).reshape(*ik.shape, 8)
+    colon = ib == 58
+    pos = colon.argmax(-1)
+    ok &= ((il <= 8) & colon.any(-1) & (pos >= 1)).all(1)
+    keys = ik & _MASK[pos]
+    return ok, labels, np.zeros((len(ok), 0), dtype=np.float64), keys
+
+
+_FAST = {"criteo": (_fast_criteo, 9, b""), "avazu": (_fast_avazu, 44, b""), "libfm": (_fast_libfm, 32, b"\t\x0b\x0c\r")}
+
+
+# Buffers are parsed in pieces of about this many bytes (keeps temporaries cache- and allocator-friendly).
+PIECE_BYTES = 4 << 20
 
 
 def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
     """Parse a buffer of whole lines (``\\n``-terminated; a missing final terminator is tolerated)."""
+    if len(buf) <= PIECE_BYTES:
+        return _parse_piece(schema, buf)
+    pieces: list[ParsedChunk] = []
+    pos = 0
+    while pos < len(buf):
+        cut = buf.find(b"\n", pos + PIECE_BYTES)
+        end = len(buf) if cut < 0 else cut + 1
+        pieces.append(_parse_piece(schema, buf[pos:end]))
+        pos = end
+    offsets = np.cumsum([0] + [p.n_lines for p in pieces])
+    return ParsedChunk(
+        n_lines=int(offsets[-1]),
+        ok_idx=np.concatenate([p.ok_idx + o for p, o in zip(pieces, offsets, strict=False)]),
+        labels=np.concatenate([p.labels for p in pieces]),
+        numeric=np.concatenate([p.numeric for p in pieces]),
+        categorical=[concat_keys([p.categorical[j] for p in pieces]) for j in range(len(pieces[0].categorical))],
+        rejected=[(i + int(o), r, d) for p, o in zip(pieces, offsets, strict=False) for i, r, d in p.rejected],
+    )
+
+
+def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
     if b"\r" in buf:
         buf = buf.replace(b"\r\n", b"\n")
     if buf and not buf.endswith(b"\n"):
@@ -397,8 +444,8 @@ def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
         ok_idx, rows, rejected = _parse_rows(schema, lines, list(range(len(lines))))
         idx, labels, numeric, cats = _rows_to_columns(schema, ok_idx, rows)
         return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected)
-    fn, delim = fast
-    f = _Fields(buf, delim, schema.n_columns)
+    fn, delim, forbid = fast
+    f = _Fields(buf, delim, schema.n_columns, forbid)
     ok, labels, numeric, keys = fn(f)
     fast_idx = f.eligible[ok]
     slow_mask = np.ones(f.n_lines, dtype=bool)

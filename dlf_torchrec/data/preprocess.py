@@ -32,7 +32,6 @@ import argparse
 import collections
 import dataclasses
 import gzip
-import itertools
 import json
 import multiprocessing
 import os
@@ -51,6 +50,11 @@ from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, CategoricalField, Data
 from dlf_torchrec.data.parse import ParsedChunk, concat_keys, detect_libfm_fields, keys_as_bytes, parse_chunk
 from dlf_torchrec.data.schema import Schema, schema_for
 from dlf_torchrec.data.shards import ShardWriter
+
+try:  # optional accelerator (hash-based factorize); results are identical without it
+    import pandas as _pd
+except ImportError:  # pragma: no cover
+    _pd = None
 
 SPLITS = ("train", "valid", "test")
 MAX_EXAMPLES = 10
@@ -149,11 +153,18 @@ class _Features:
 
 
 def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """keys [m] -> (sorted candidate keys [u], inverse int32 [m]) with ``uniq[inv] == keys``."""
+    """keys [m] -> (distinct candidate keys [u], inverse int32 [m]) with ``uniq[inv] == keys``.
+
+    Uses pandas' hash-based factorize when available (several times faster than numpy's sort for the typical
+    low-cardinality field); the result is order-agnostic downstream, so both paths give identical datasets.
+    """
     if keys.dtype.kind == "i" and len(keys):
         lo, hi = int(keys.min()), int(keys.max())
-        if hi - lo < 1 << 16:  # small integer range (bucketised numbers): no sort needed
+        if hi - lo < 1 << 16:  # small integer range (bucketised numbers): no hashing or sorting needed
             return np.arange(lo, hi + 1, dtype=np.int64), (keys - lo).astype(np.int32)
+    if _pd is not None and keys.dtype.kind in "iu":
+        codes, uniq = _pd.factorize(keys)
+        return np.asarray(uniq, dtype=keys.dtype), codes.astype(np.int32)
     uniq, inv = np.unique(keys, return_inverse=True)
     return uniq, inv.reshape(-1).astype(np.int32)
 
@@ -186,6 +197,25 @@ def _count_job(plan: _Plan, cache_dir: str | None, job: _Job) -> tuple[int, _Rej
     return feats.n_lines, feats.rejected, counts, path
 
 
+class _Vocab:
+    """A field's sorted vocabulary keys with a lazily built pandas hash index (when pandas is available)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = keys
+        self._index: Any = None
+
+    def ids(self, keys: np.ndarray) -> np.ndarray:
+        """Token keys [m] -> ids int32 [m] (1..K, OOV = K + 1)."""
+        v = self.keys
+        k = len(v)
+        if _pd is None or k == 0 or v.dtype.kind == "i" or v.dtype.kind != keys.dtype.kind or len(keys) < 64:
+            return lookup(v, keys)
+        if self._index is None:
+            self._index = _pd.Index(v)
+        pos = self._index.get_indexer(keys)
+        return np.where(pos >= 0, pos + 1, k + 1).astype(np.int32)
+
+
 def lookup(vocab: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Token keys [m] -> ids int32 [m]: position in the sorted ``vocab`` + 1, or OOV = len(vocab) + 1."""
     k = len(vocab)
@@ -203,7 +233,7 @@ def lookup(vocab: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return np.where(hit, pos + 1, k + 1).astype(np.int32)
 
 
-def _transform_job(plan: _Plan, vocabs: list[np.ndarray], job: _Job | str) -> tuple[int, _RejectList, dict]:
+def _transform_job(plan: _Plan, vocabs: list[_Vocab], job: _Job | str) -> tuple[int, _RejectList, dict]:
     """Pass 2 (a raw chunk or a pass-1 cache file): (lines, rejections, {split: (labels, sparse int32 [m, F],
     dense float32 [m, D])})."""
     if isinstance(job, str):
@@ -212,20 +242,24 @@ def _transform_job(plan: _Plan, vocabs: list[np.ndarray], job: _Job | str) -> tu
         os.remove(job)
     else:
         feats = _featurize(plan, job)
-    sparse = np.empty((len(feats.labels), len(feats.fields)), dtype=np.int32)
+    ids = np.empty((len(feats.fields), len(feats.labels)), dtype=np.int32)  # field-major, transposed below
     for j, (v, (uniq, inv)) in enumerate(zip(vocabs, feats.fields, strict=True)):
-        sparse[:, j] = lookup(v, uniq)[inv]
+        np.take(v.ids(uniq), inv, out=ids[j])
+    present = np.unique(feats.splits).tolist()
     out = {}
-    for s in np.unique(feats.splits).tolist():
-        sel = feats.splits == s
-        out[s] = (feats.labels[sel], sparse[sel], feats.dense[sel])
+    for s in present:
+        if len(present) == 1:
+            out[s] = (feats.labels, np.ascontiguousarray(ids.T), feats.dense)
+        else:
+            sel = np.flatnonzero(feats.splits == s)
+            out[s] = (feats.labels[sel], np.ascontiguousarray(ids[:, sel].T), feats.dense[sel])
     return feats.n_lines, feats.rejected, out
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(plan: _Plan, vocabs: list[np.ndarray] | None, cache: str | None) -> None:
+def _init_worker(plan: _Plan, vocabs: list[_Vocab] | None, cache: str | None) -> None:
     _WORKER["plan"], _WORKER["vocabs"], _WORKER["cache"] = plan, vocabs, cache
 
 
@@ -276,24 +310,65 @@ def _is_header(schema: Schema, line: bytes) -> bool:
     return schema.header == "auto" and line.startswith(schema.header_prefix)
 
 
+READ_BYTES = 16 << 20
+
+
+def _nth_newline(buf: bytes, n: int) -> int:
+    """Offset of the n-th (1-based) newline of ``buf`` (which has at least n)."""
+    if n <= 4096:
+        pos = -1
+        for _ in range(n):
+            pos = buf.find(b"\n", pos + 1)
+        return pos
+    return int(np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)[n - 1])
+
+
 def _chunks(path: str, file_idx: int, schema: Schema, chunk_rows: int) -> Iterator[_Job]:
-    """Chunks of ``chunk_rows`` lines of one file (header line skipped, not counted; line numbers 1-based)."""
+    """Chunks of ``chunk_rows`` lines of one file (header line skipped, not counted; line numbers 1-based).
+
+    Reads large blocks, counts each block's newlines once and cuts at the ``chunk_rows``-th newline.
+    """
     with _open(path) as f:
         line_no = 1
-        head: list[bytes] = []
+        blocks: list[bytes] = []
+        counts: list[int] = []
         if schema.header:
             first = f.readline()
             if first and _is_header(schema, first):
                 line_no = 2
             elif first:
-                head = [first]
-        for chunk_idx in itertools.count():
-            lines = head + list(itertools.islice(f, chunk_rows - len(head)))
-            head = []
-            if not lines:
-                return
-            yield _Job(file_idx, chunk_idx, line_no, b"".join(lines))
-            line_no += len(lines)
+                blocks, counts = [first], [first.count(b"\n")]
+        total = sum(counts)
+        eof = False
+        chunk_idx = 0
+        while True:
+            if total < chunk_rows and not eof:
+                block = f.read(READ_BYTES)
+                if block:
+                    blocks.append(block)
+                    counts.append(block.count(b"\n"))
+                    total += counts[-1]
+                else:
+                    eof = True
+                continue
+            if total >= chunk_rows:
+                last, last_n = blocks[-1], counts[-1]
+                need = chunk_rows - (total - last_n)
+                cut = _nth_newline(last, need) + 1
+                piece = b"".join(blocks[:-1]) + last[:cut]
+                rest = last[cut:]
+                blocks, counts = ([rest], [last_n - need]) if rest else ([], [])
+                total = last_n - need
+                n = chunk_rows
+            else:  # end of file: the rest (a final line may lack its newline)
+                piece = b"".join(blocks)
+                blocks, counts, total = [], [], 0
+                if not piece:
+                    return
+                n = piece.count(b"\n") + (not piece.endswith(b"\n"))
+            yield _Job(file_idx, chunk_idx, line_no, piece)
+            chunk_idx += 1
+            line_no += n
 
 
 def _first_data_line(path: str, schema_header: bool) -> bytes:
@@ -440,7 +515,7 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
             pass1_lines += n_lines
             cached.append(path)
             bar.update(n_lines)
-    vocabs = [c.vocab(cfg.min_count) for c in counters]
+    vocabs = [_Vocab(c.vocab(cfg.min_count)) for c in counters]
     del counters
 
     # Pass 2: map and write.
@@ -469,14 +544,14 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
     if rows_read != rows_written + rejections.total:
         raise AssertionError(f"row accounting: read {rows_read} != written {rows_written} + "
                              f"rejected {rejections.total}")
-    vocab_json = {n: _token_strings(v) for n, v in zip(names, vocabs, strict=True)}
+    vocab_json = {n: _token_strings(v.keys) for n, v in zip(names, vocabs, strict=True)}
     with open(os.path.join(out, VOCAB_FILE) + ".tmp", "w") as f:
-        json.dump(vocab_json, f)
+        f.write(json.dumps(vocab_json))
     os.replace(os.path.join(out, VOCAB_FILE) + ".tmp", os.path.join(out, VOCAB_FILE))
     meta = DatasetMeta(
         name=cfg.name,
         source_format=cfg.format,
-        categorical=[CategoricalField(n, len(v) + 2) for n, v in zip(names, vocabs, strict=True)],
+        categorical=[CategoricalField(n, len(v.keys) + 2) for n, v in zip(names, vocabs, strict=True)],
         dense=plan.dense_names,
         splits={s: SplitInfo(writer.rows[s]) for s in splits},
         rows_read=rows_read,
