@@ -302,6 +302,10 @@ class _Fields:
                 elig[np.searchsorted(nl, np.flatnonzero(bad))] = False
             ei = np.flatnonzero(elig)
             end = seps[nl_k[ei][:, None] - (n_cols - 1) + np.arange(n_cols)]
+        if b"\r" in buf:  # a CR right before the newline belongs to the terminator, not to the last field
+            cr = a[np.maximum(nl[ei] - 1, 0)] == 13
+            end = end.copy()
+            end[:, -1] -= cr & (nl[ei] > start[ei])
         beg = np.empty_like(end)
         beg[:, 0] = start[ei]
         beg[:, 1:] = end[:, :-1] + 1
@@ -434,8 +438,6 @@ def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
 
 
 def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
-    if b"\r" in buf:
-        buf = buf.replace(b"\r\n", b"\n")
     if buf and not buf.endswith(b"\n"):
         buf += b"\n"
     fast = _FAST.get(schema.format)
