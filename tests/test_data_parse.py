@@ -143,12 +143,14 @@ def _reference(schema, buf: bytes) -> P.ParsedChunk:
         lines = lines[:-1]
     ok, rows, rejected = P._parse_rows(schema, lines, list(range(len(lines))))
     idx, labels, numeric, cats = P._rows_to_columns(schema, ok, rows)
-    return P.ParsedChunk(len(lines), idx, labels, numeric, cats, rejected)
+    starts = np.concatenate([[0], np.cumsum([len(x) + 1 for x in lines])[:-1]]).astype(np.int64)
+    return P.ParsedChunk(len(lines), idx, labels, numeric, cats, rejected, starts[:len(lines)])
 
 
 def assert_chunks_equal(a: P.ParsedChunk, b: P.ParsedChunk) -> None:
     assert a.n_lines == b.n_lines
     assert a.rejected == b.rejected
+    np.testing.assert_array_equal(a.line_start, b.line_start)
     np.testing.assert_array_equal(a.ok_idx, b.ok_idx)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.numeric, b.numeric)

@@ -205,7 +205,8 @@ class ParsedChunk:
 
     ok_idx int64 [m]: line index within the chunk; labels float32 [m]; numeric float64 [m, n_numeric] (NaN =
     missing); categorical: per output categorical field a [m] uint64 (packed) or ``S`` array;
-    rejected: (line index, reason, detail) per rejected line, in line order.
+    rejected: (line index, reason, detail) per rejected line, in line order; line_start int64 [n_lines]: byte
+    offset of every line within the buffer.
     """
 
     n_lines: int
@@ -214,6 +215,7 @@ class ParsedChunk:
     numeric: np.ndarray
     categorical: list[np.ndarray]
     rejected: list[tuple[int, str, str]]
+    line_start: np.ndarray  # int64 [n_lines]: byte offset of every line within the buffer
 
 
 def tokens_to_keys(tokens: list[bytes]) -> np.ndarray:
@@ -420,11 +422,13 @@ def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
     if len(buf) <= PIECE_BYTES:
         return _parse_piece(schema, buf)
     pieces: list[ParsedChunk] = []
+    starts: list[int] = []
     pos = 0
     while pos < len(buf):
         cut = buf.find(b"\n", pos + PIECE_BYTES)
         end = len(buf) if cut < 0 else cut + 1
         pieces.append(_parse_piece(schema, buf[pos:end]))
+        starts.append(pos)
         pos = end
     offsets = np.cumsum([0] + [p.n_lines for p in pieces])
     return ParsedChunk(
@@ -434,6 +438,7 @@ def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
         numeric=np.concatenate([p.numeric for p in pieces]),
         categorical=[concat_keys([p.categorical[j] for p in pieces]) for j in range(len(pieces[0].categorical))],
         rejected=[(i + int(o), r, d) for p, o in zip(pieces, offsets, strict=False) for i, r, d in p.rejected],
+        line_start=np.concatenate([p.line_start + b for p, b in zip(pieces, starts, strict=True)]),
     )
 
 
@@ -445,7 +450,10 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         lines = buf.split(b"\n")[:-1]
         ok_idx, rows, rejected = _parse_rows(schema, lines, list(range(len(lines))))
         idx, labels, numeric, cats = _rows_to_columns(schema, ok_idx, rows)
-        return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected)
+        line_start = np.zeros(len(lines), dtype=np.int64)
+        if lines:
+            line_start[1:] = np.cumsum([len(x) + 1 for x in lines[:-1]])
+        return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected, line_start)
     fn, delim, forbid = fast
     f = _Fields(buf, delim, schema.n_columns, forbid)
     ok, labels, numeric, keys = fn(f)
@@ -466,4 +474,5 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         labels = np.concatenate([labels, s_labels])[order]
         numeric = np.concatenate([numeric, s_numeric])[order]
         cats = [concat_keys([c, sc])[order] for c, sc in zip(cats, s_cats, strict=True)]
-    return ParsedChunk(f.n_lines, fast_idx.astype(np.int64), labels.astype(np.float32), numeric, cats, rejected)
+    return ParsedChunk(f.n_lines, fast_idx.astype(np.int64), labels.astype(np.float32), numeric, cats, rejected,
+                       f.line_start)

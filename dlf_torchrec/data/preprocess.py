@@ -113,16 +113,32 @@ def _features(plan: _Plan, pc: ParsedChunk) -> tuple[list[np.ndarray], np.ndarra
     return list(pc.categorical), dense_transform(pc.numeric)
 
 
-def _row_splits(plan: _Plan, file_idx: int, chunk_idx: int, pc: ParsedChunk) -> np.ndarray:
+_M64 = (1 << 64) - 1
+
+
+def line_uniform(seed: int, file_idx: int, offsets: np.ndarray) -> np.ndarray:
+    """Deterministic U[0, 1) per line from (seed, file, byte offset of the line) via splitmix64, float64 [n].
+
+    Depends on nothing else (not on chunking, workers or compression), so every run assigns the same rows.
+    """
+    mix = (seed * 0x9E3779B97F4A7C15 + (file_idx + 1) * 0xD1B54A32D192ED03) & _M64
+    x = offsets.astype(np.uint64) + np.uint64(mix)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _row_splits(plan: _Plan, file_idx: int, offset: int, pc: ParsedChunk) -> np.ndarray:
     """Split index (0 train, 1 valid, 2 test) of each accepted row [m]."""
     fixed = plan.files[file_idx][1]
     if fixed >= 0:
         return np.full(len(pc.ok_idx), fixed, dtype=np.int64)
     assert plan.ratios is not None
-    u = np.random.default_rng([plan.split_seed, file_idx, chunk_idx]).random(pc.n_lines)
+    u = line_uniform(plan.split_seed, file_idx, pc.line_start[pc.ok_idx] + offset)
     cum = np.cumsum(plan.ratios)
     last = max(i for i, r in enumerate(plan.ratios) if r > 0)
-    return np.minimum(np.searchsorted(cum, u, side="right"), last)[pc.ok_idx]
+    return np.minimum(np.searchsorted(cum, u, side="right"), last)
 
 
 # ------------------------------------------------------------------------------------ chunk jobs
@@ -130,13 +146,37 @@ def _row_splits(plan: _Plan, file_idx: int, chunk_idx: int, pc: ParsedChunk) -> 
 
 @dataclass
 class _Job:
+    """One chunk: in memory (``buf``, gzip input) or the lines starting in bytes [lo, hi) of ``path`` (read by
+    the worker). ``offset``: byte offset of the chunk in the (decompressed) file, known once read."""
+
     file_idx: int
     chunk_idx: int
-    first_line: int
-    buf: bytes
+    buf: bytes | None = None
+    offset: int = 0
+    path: str = ""
+    lo: int = 0
+    hi: int = 0
+    base: int = 0
+
+    def read(self) -> tuple[bytes, int]:
+        """(chunk bytes, their byte offset in the file)."""
+        if self.buf is not None:
+            return self.buf, self.offset
+        with open(self.path, "rb") as f:
+            start = self.lo
+            if self.lo > self.base:  # skip the line that started in the previous chunk
+                f.seek(self.lo - 1)
+                start = self.lo - 1 + len(f.readline())
+            if start >= self.hi:
+                return b"", start
+            f.seek(start)
+            data = f.read(self.hi - start)
+            if data and not data.endswith(b"\n"):  # complete the last line started inside [lo, hi)
+                data += f.readline()
+            return data, start
 
 
-_RejectList = list[tuple[int, str, str]]  # (absolute line number, reason, detail)
+_RejectList = list[tuple[int, str, str]]  # (line index within the chunk, reason, detail)
 
 
 @dataclass
@@ -170,11 +210,12 @@ def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _featurize(plan: _Plan, job: _Job) -> _Features:
-    pc = parse_chunk(plan.schema, job.buf)
+    """Read, parse and featurise a chunk; rejections carry chunk-relative line indices."""
+    buf, offset = job.read()
+    pc = parse_chunk(plan.schema, buf)
     keys, dense = _features(plan, pc)
-    splits = _row_splits(plan, job.file_idx, job.chunk_idx, pc).astype(np.int8)
-    rejected = [(job.first_line + i, r, d) for i, r, d in pc.rejected]
-    return _Features(pc.n_lines, rejected, pc.labels, splits, [_distinct(k) for k in keys], dense)
+    splits = _row_splits(plan, job.file_idx, offset, pc).astype(np.int8)
+    return _Features(pc.n_lines, pc.rejected, pc.labels, splits, [_distinct(k) for k in keys], dense)
 
 
 def _count_job(plan: _Plan, cache_dir: str | None, job: _Job) -> tuple[int, _RejectList, list, str | None]:
@@ -323,21 +364,35 @@ def _nth_newline(buf: bytes, n: int) -> int:
     return int(np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)[n - 1])
 
 
-def _chunks(path: str, file_idx: int, schema: Schema, chunk_rows: int) -> Iterator[_Job]:
-    """Chunks of ``chunk_rows`` lines of one file (header line skipped, not counted; line numbers 1-based).
-
-    Reads large blocks, counts each block's newlines once and cuts at the ``chunk_rows``-th newline.
-    """
+def _header_bytes(path: str, schema: Schema) -> int:
+    """Length of the header line to skip (0 if none)."""
+    if not schema.header:
+        return 0
     with _open(path) as f:
-        line_no = 1
+        first = f.readline()
+    return len(first) if first and _is_header(schema, first) else 0
+
+
+def _chunks(path: str, file_idx: int, schema: Schema, chunk_rows: int) -> Iterator[_Job]:
+    """Chunks of one file (header skipped). Plain files: byte ranges of about ``chunk_rows`` lines (estimated from
+    the first MiB), read by the workers themselves. Gzip: blocks of exactly ``chunk_rows`` lines read here."""
+    base = _header_bytes(path, schema)
+    if not path.endswith(".gz"):
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(base)
+            sample = f.read(1 << 20)
+        per_line = max(len(sample) / max(sample.count(b"\n"), 1), 1.0)
+        step = max(int(chunk_rows * per_line), 1)
+        for chunk_idx, lo in enumerate(range(base, size, step)):
+            yield _Job(file_idx, chunk_idx, path=path, lo=lo, hi=min(lo + step, size), base=base)
+        return
+    with _open(path) as f:
         blocks: list[bytes] = []
         counts: list[int] = []
-        if schema.header:
-            first = f.readline()
-            if first and _is_header(schema, first):
-                line_no = 2
-            elif first:
-                blocks, counts = [first], [first.count(b"\n")]
+        offset = base
+        if base:
+            f.readline()
         total = sum(counts)
         eof = False
         chunk_idx = 0
@@ -359,16 +414,14 @@ def _chunks(path: str, file_idx: int, schema: Schema, chunk_rows: int) -> Iterat
                 rest = last[cut:]
                 blocks, counts = ([rest], [last_n - need]) if rest else ([], [])
                 total = last_n - need
-                n = chunk_rows
             else:  # end of file: the rest (a final line may lack its newline)
                 piece = b"".join(blocks)
                 blocks, counts, total = [], [], 0
                 if not piece:
                     return
-                n = piece.count(b"\n") + (not piece.endswith(b"\n"))
-            yield _Job(file_idx, chunk_idx, line_no, piece)
+            yield _Job(file_idx, chunk_idx, buf=piece, offset=offset)
             chunk_idx += 1
-            line_no += n
+            offset += len(piece)
 
 
 def _first_data_line(path: str, schema_header: bool) -> bytes:
@@ -407,9 +460,12 @@ class KeyCounter:
             return
         keys = concat_keys([k for k, _ in parts])
         counts = np.concatenate([c for _, c in parts])
-        uniq, inv = np.unique(keys, return_inverse=True)
-        self.keys = uniq
-        self.counts = np.bincount(inv.reshape(-1), weights=counts, minlength=len(uniq)).astype(np.int64)
+        uniq, inv = _distinct(keys)
+        total = np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.int64)
+        seen = total > 0
+        uniq, total = uniq[seen], total[seen]
+        order = np.argsort(uniq, kind="stable")
+        self.keys, self.counts = uniq[order], total[order]
 
     def vocab(self, min_count: int) -> np.ndarray:
         """Sorted keys with count >= min_count."""
@@ -435,8 +491,10 @@ class _Rejections:
         self.examples: list[str] = []
         self.total = 0
 
-    def add(self, path: str, rejected: _RejectList) -> None:
-        for line, reason, detail in rejected:
+    def add(self, path: str, first_line: int, rejected: _RejectList) -> None:
+        """Record a chunk's rejections; ``first_line`` is the 1-based line number of its first line."""
+        for idx, reason, detail in rejected:
+            line = first_line + idx
             text = f"{path}:{line}: {reason}" + (f" ({detail})" if detail else "")
             if self.policy == "fail":
                 raise BadRowError(text)
@@ -504,12 +562,13 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
     pass1_lines = 0
     cached: list[str] = []
     check = _Rejections("fail") if cfg.bad_rows == "fail" else None
+    first_line = 2 if _header_bytes(train_path, plan.schema) else 1
     with _progress(cfg.progress, None, "count") as bar:
         jobs = _chunks(train_path, 0, plan.schema, cfg.chunk_rows)
         for n_lines, rejected, counts, path in _run_jobs(jobs, lambda j: _count_job(plan, cache, j), _worker_count,
                                                          workers, (plan, None, cache)):
             if check is not None:
-                check.add(train_path, rejected)
+                check.add(train_path, first_line + pass1_lines, rejected)
             for c, (k, n) in zip(counters, counts, strict=True):
                 c.add(k, n)
             pass1_lines += n_lines
@@ -530,9 +589,11 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
             for file_idx, (path, _) in enumerate(plan.files):
                 jobs: Iterator[Any] = iter(cached) if file_idx == 0 else _chunks(path, file_idx, plan.schema,
                                                                                   cfg.chunk_rows)
+                line = 2 if _header_bytes(path, plan.schema) else 1
                 for n_lines, rejected, parts in _run_jobs(jobs, lambda j: _transform_job(plan, vocabs, j),
                                                           _worker_transform, workers, (plan, vocabs, None)):
-                    rejections.add(path, rejected)
+                    rejections.add(path, line, rejected)
+                    line += n_lines
                     for s, (labels, sparse, dense) in sorted(parts.items()):
                         writer.append(SPLITS[s], labels, sparse, dense)
                     rows_read += n_lines
