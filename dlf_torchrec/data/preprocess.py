@@ -450,7 +450,7 @@ class KeyCounter:
         if len(keys):
             self._pending.append((keys, counts))
             self._pending_n += len(keys)
-            if self._pending_n > max(1 << 20, 2 * len(self.counts)):
+            if self._pending_n > max(1 << 18, len(self.counts)):
                 self._merge()
 
     def _merge(self) -> None:
