@@ -206,6 +206,18 @@ def test_random_split_deterministic_and_gzip_identical(tmp_path: Path) -> None:
     assert d.splits != a.splits
 
 
+def test_without_pandas_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dlf_torchrec.data.preprocess as pp
+
+    raw = tmp_path / "syn.tsv"
+    generate_criteo_tsv(raw, 1500, seed=4)
+    preprocess(cfg_for(tmp_path, raw, output_dir=str(tmp_path / "a"), chunk_rows=400, min_count=2))
+    monkeypatch.setattr(pp, "_pd", None)
+    preprocess(cfg_for(tmp_path, raw, output_dir=str(tmp_path / "b"), chunk_rows=400, min_count=2))
+    for f in ("vocab.json", "train/sparse.bin", "valid/sparse.bin", "test/labels.bin"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
 def test_ensure_preprocessed_synthetic_and_cli(tmp_path: Path) -> None:
     cfg = DatasetConfig(output_dir=str(tmp_path / "syn"), synthetic_rows=2000, progress=False)
     out = ensure_preprocessed(cfg)

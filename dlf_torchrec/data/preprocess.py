@@ -20,10 +20,14 @@ token and maps to OOV). ``numeric: dense`` -> float32 features in ``dense.bin``:
 x <= 0 unchanged (tames the heavy tails).
 
 Splits: ``valid``/``test`` files when given (then no random split), else each line of ``train`` goes to
-train/valid/test with probabilities ``split``, drawn by ``np.random.default_rng([split_seed, file, chunk])`` per
-chunk (deterministic for a given ``chunk_rows``). Bad rows: ``skip`` counts them by reason and keeps the first 10
-as ``file:line: reason``; ``fail`` raises :class:`BadRowError`. Inputs ending in ``.gz`` are read through gzip.
-Large inputs are processed by a pool of worker processes (one per core), chunk results kept in input order.
+train/valid/test with probabilities ``split``, decided by a counter-based RNG (splitmix64 of ``split_seed``, the
+file and the line's byte offset; :func:`line_uniform`): deterministic, streaming, and independent of chunking,
+worker count and compression. Bad rows: ``skip`` counts them by reason and keeps the first 10 as
+``file:line: reason``; ``fail`` raises :class:`BadRowError`. Inputs ending in ``.gz`` are read through gzip.
+
+Parallelism: plain files are cut into byte ranges of about ``chunk_rows`` lines that worker processes (one per
+core, for inputs over 32 MiB) read, parse and featurise themselves; pass 1 caches each featurised chunk under
+``output_dir/.cache`` so pass 2 does not parse the train file again; results are consumed in input order.
 """
 
 from __future__ import annotations
