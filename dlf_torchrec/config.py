@@ -129,6 +129,11 @@ class TrainingConfig:
     num_workers: int = 1
     # Everything a run writes (checkpoints, metrics.jsonl, predictions) goes under output_dir.
     output_dir: str = "runs/default"
+    # Periodic checkpoints every N steps (0 = only at epoch ends); the newest `keep_checkpoints` are kept.
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    # Continue from the newest complete checkpoint in output_dir (after a crash or a TorchX/torchrun restart).
+    resume: bool = True
     # Evaluate the restored best checkpoint on the test split (if the dataset has one).
     evaluate_test: bool = True
     progress: bool = True
@@ -290,6 +295,8 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
                        ("training.batch_size", tr.batch_size), ("training.epochs", tr.epochs)):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if tr.checkpoint_every_steps < 0 or tr.keep_checkpoints < 1:
+        raise ConfigError("training.checkpoint_every_steps must be >= 0 and training.keep_checkpoints >= 1")
     if tr.num_workers < 0:
         raise ConfigError(f"training.num_workers: must be >= 0, got {tr.num_workers}")
     unknown = set(tr.monitor) - {"auc", "logloss"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,10 +154,10 @@ def shard_model(
     )
 
 
-def describe_plan(dmp: DistributedModelParallel) -> list[str]:
-    """One line per table: name, sharding type, compute kernel, ranks."""
-    lines = []
-    for module_path, module_plan in dmp.plan.plan.items():
-        for table, ps in module_plan.items():  # type: ignore[union-attr]
-            lines.append(f"{module_path}.{table}: {ps.sharding_type} / {ps.compute_kernel} on ranks {ps.ranks}")
-    return lines
+def describe_plan(dmp: DistributedModelParallel) -> str:
+    """A one-line summary of the sharding plan: table counts per (sharding type, compute kernel)."""
+    counts: Counter[str] = Counter()
+    for module_plan in dmp.plan.plan.values():
+        for ps in module_plan.values():  # type: ignore[union-attr]
+            counts[f"{ps.sharding_type}/{ps.compute_kernel}"] += 1
+    return ", ".join(f"{n} tables {kind}" for kind, n in sorted(counts.items()))

@@ -83,8 +83,7 @@ def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
               f"{sum(f.vocab_size for f in meta.categorical):,} embedding rows, world size {ctx.world_size} "
               f"({ctx.backend}), rows train/valid/test = "
               + "/".join(str(meta.splits[s].rows) if s in meta.splits else "-" for s in ("train", "valid", "test")))
-        for line in describe_plan(dmp):
-            print(f"[dlf_torchrec] plan {line}")
+        print(f"[dlf_torchrec] sharding plan: {describe_plan(dmp)}")
     results = Trainer(cfg, ctx, dmp, data_dir).fit()
     if ctx.is_main:
         with open(os.path.join(tr.output_dir, "results.json"), "w") as f:

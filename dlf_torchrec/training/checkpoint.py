@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from typing import Any
 
+import numpy as np
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
 STATE_FILE = "trainer_state.json"
+RNG_FILE = "rng_rank{rank}_of_{world}.pt"
 PARTIAL = ".partial"
 
 
@@ -47,6 +51,7 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any, trainer_state: 
         os.makedirs(partial)
     _barrier()
     dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=partial)
+    torch.save(_rng_state(), os.path.join(partial, _rng_file()))
     _barrier()
     if _is_main():
         with open(os.path.join(partial, STATE_FILE), "w") as f:
@@ -60,7 +65,7 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any, trainer_state: 
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -> dict[str, Any]:
-    """Collective: restore model (and optimiser) state in place; returns the saved trainer state.
+    """Collective: restore model (and optimiser) state and this rank's RNG streams; returns the trainer state.
 
     DCP reshards on load, so a checkpoint written with one world size loads under another.
     """
@@ -73,8 +78,29 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
+    rng_path = os.path.join(path, _rng_file())
+    if os.path.exists(rng_path):  # absent when resharding to another world size: RNG streams are per rank
+        _set_rng_state(torch.load(rng_path, weights_only=False))
     with open(os.path.join(path, STATE_FILE)) as f:
         return json.load(f)
+
+
+def _rng_file() -> str:
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return RNG_FILE.format(rank=rank, world=world)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def periodic_checkpoints(directory: str) -> list[str]:

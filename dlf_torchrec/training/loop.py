@@ -1,4 +1,4 @@
-"""The training loop: TrainPipelineSparseDist steps, evaluation, early stopping, LR-on-plateau, best checkpoint."""
+"""The training loop: TrainPipelineSparseDist steps, evaluation, early stopping, LR-on-plateau, checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dlf_torchrec.config import ExperimentConfig
 from dlf_torchrec.data.loader import make_dataloader
+from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training import checkpoint as ckpt
 from dlf_torchrec.training.metrics import compute_metrics, gather_predictions
@@ -38,9 +39,11 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TrainerState:
-    """Everything besides tensors that a resumed run needs."""
+    """Everything besides tensors that a resumed run needs (saved as JSON beside each checkpoint)."""
 
     epoch: int = 0
+    # Batches of `epoch` already trained: a resumed run skips them (the shuffle is seeded by (seed, epoch)).
+    batch_in_epoch: int = 0
     global_step: int = 0
     best_score: float = -math.inf
     best_metrics: dict[str, float] = field(default_factory=dict)
@@ -49,7 +52,7 @@ class TrainerState:
 
 
 class MetricsLog:
-    """JSON-lines log of train/eval events (rank 0 only)."""
+    """JSON-lines log of train/eval/checkpoint events (rank 0 only)."""
 
     def __init__(self, path: str, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
@@ -63,7 +66,7 @@ class MetricsLog:
 
 
 class Trainer:
-    """Runs epochs on a sharded model, evaluates, stops early and restores the best checkpoint."""
+    """Runs epochs on a sharded model, evaluates, stops early, checkpoints, and restores the best checkpoint."""
 
     def __init__(self, cfg: ExperimentConfig, ctx: DistContext, dmp: DistributedModelParallel, data_dir: str) -> None:
         self.cfg, self.ctx, self.dmp, self.data_dir = cfg, ctx, dmp, data_dir
@@ -71,6 +74,7 @@ class Trainer:
         if tr.batch_size % ctx.world_size:
             raise ValueError(f"training.batch_size {tr.batch_size} is not divisible by world size {ctx.world_size}")
         self.batch_per_rank = tr.batch_size // ctx.world_size
+        self.meta = DatasetMeta.load(data_dir)
         self.optimizer = build_optimizer(dmp, cfg.optimizer.dense, cfg.optimizer.grad_clip_norm)
         self.pipeline = TrainPipelineSparseDist(dmp, self.optimizer, ctx.device)
         self.state = TrainerState()
@@ -78,17 +82,37 @@ class Trainer:
         self.log = MetricsLog(os.path.join(tr.output_dir, "metrics.jsonl"), ctx.is_main)
 
     # ------------------------------------------------------------------ data
-    def _loader(self, split: str, for_eval: bool) -> Any:
+    def _loader(self, split: str, for_eval: bool, skip_batches: int = 0) -> Any:
         tr = self.cfg.training
         return make_dataloader(
             self.data_dir, split, self.batch_per_rank, self.ctx.rank, self.ctx.world_size,
             shuffle=not for_eval, seed=tr.seed, epoch=self.state.epoch, num_workers=tr.num_workers,
-            for_eval=for_eval,
+            for_eval=for_eval, skip_batches=skip_batches,
         )
 
-    def _progress(self, iterable: Any, desc: str, total: int | None = None) -> Any:
+    def _progress(self, iterable: Any, desc: str, total: int | None = None, initial: int = 0) -> Any:
         show = self.cfg.training.progress and self.ctx.is_main
-        return tqdm(iterable, desc=desc, total=total, disable=not show, leave=False, dynamic_ncols=True)
+        return tqdm(iterable, desc=desc, total=total, initial=initial, disable=not show, leave=False,
+                    dynamic_ncols=True)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_periodic(self) -> None:
+        st = self.state
+        path = os.path.join(self.checkpoint_dir, f"step_{st.global_step:08d}")
+        ckpt.save_checkpoint(path, self.dmp, self.optimizer, asdict(st))
+        ckpt.prune_checkpoints(self.checkpoint_dir, self.cfg.training.keep_checkpoints)
+        self.log.write(event="checkpoint", path=path, epoch=st.epoch, step=st.global_step)
+
+    def _maybe_resume(self) -> None:
+        latest = ckpt.periodic_checkpoints(self.checkpoint_dir)
+        if not self.cfg.training.resume or not latest:
+            return
+        saved = ckpt.load_checkpoint(latest[-1], self.dmp, self.optimizer)
+        self.state = TrainerState(**saved)
+        self.log.write(event="resume", path=latest[-1], epoch=self.state.epoch, step=self.state.global_step)
+        if self.ctx.is_main:
+            tqdm.write(f"[dlf_torchrec] resumed from {latest[-1]} (epoch {self.state.epoch}, "
+                       f"step {self.state.global_step})")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -117,7 +141,6 @@ class Trainer:
         improved = score > st.best_score
         if improved:
             st.best_score, st.best_metrics, st.bad_evals = score, dict(metrics), 0
-            self.pipeline.detach()
             ckpt.save_checkpoint(os.path.join(self.checkpoint_dir, "best"), self.dmp, self.optimizer, asdict(st))
         else:
             st.bad_evals += 1
@@ -128,16 +151,17 @@ class Trainer:
         self.log.write(event="eval", split="valid", epoch=st.epoch, step=st.global_step, score=score,
                        improved=improved, **metrics)
         if self.ctx.is_main:
-            mark = "*" if improved else ""
+            mark = " *" if improved else ""
             tqdm.write(f"[epoch {st.epoch} step {st.global_step}] valid auc={metrics['auc']:.4f} "
                        f"logloss={metrics['logloss']:.4f} score={score:.4f}{mark}")
 
     # ------------------------------------------------------------------ training
     def _train_epoch(self) -> None:
         tr, st = self.cfg.training, self.state
-        loader = self._loader("train", for_eval=False)
+        loader = self._loader("train", for_eval=False, skip_batches=st.batch_in_epoch)
         iterator: Iterator[Batch] = iter(loader)
-        bar = self._progress(range(len(loader)), f"epoch {st.epoch}")
+        total = st.batch_in_epoch + len(loader)
+        bar = self._progress(range(len(loader)), f"epoch {st.epoch}", total=total, initial=st.batch_in_epoch)
         self.dmp.train()
         t0, rows, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
         for _ in bar:
@@ -146,6 +170,7 @@ class Trainer:
             except StopIteration:
                 break
             st.global_step += 1
+            st.batch_in_epoch += 1
             value = float(loss)
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"non-finite loss {value} at step {st.global_step} (epoch {st.epoch}); "
@@ -158,30 +183,31 @@ class Trainer:
                 self.pipeline.attach(self.dmp)
                 if st.stopped_early:
                     break
+            if tr.checkpoint_every_steps and st.global_step % tr.checkpoint_every_steps == 0:
+                self._save_periodic()
         elapsed = time.perf_counter() - t0
-        self.log.write(event="train_epoch", epoch=st.epoch, step=st.global_step,
-                       loss=loss_sum / max(loss_n, 1), samples_per_s_per_rank=rows / max(elapsed, 1e-9))
+        self.log.write(event="train_epoch", epoch=st.epoch, step=st.global_step, loss=loss_sum / max(loss_n, 1),
+                       samples_per_s=rows * self.ctx.world_size / max(elapsed, 1e-9))
 
     def fit(self) -> dict[str, dict[str, float]]:
         """Train until epochs or early stop; restore the best checkpoint; return its valid (and test) metrics."""
         tr, st = self.cfg.training, self.state
-        seed_everything(tr.seed)
+        self._maybe_resume()
+        st = self.state
         while st.epoch < tr.epochs and not st.stopped_early:
+            if st.batch_in_epoch == 0:  # mid-epoch resumes continue the RNG streams restored from the checkpoint
+                seed_everything(tr.seed + 1000 * st.epoch + self.ctx.rank)
             self._train_epoch()
             if not st.stopped_early:
                 self._after_eval(self.evaluate("valid"))
-            st.epoch += 1
+            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+            self._save_periodic()
         self.pipeline.detach()
-        ckpt.load_checkpoint(os.path.join(self.checkpoint_dir, "best"), self.dmp, self.optimizer)
+        ckpt.load_checkpoint(os.path.join(self.checkpoint_dir, "best"), self.dmp)
         results = {"valid": self.evaluate("valid")}
-        if tr.evaluate_test and self._has_split("test"):
+        test = self.meta.splits.get("test")
+        if tr.evaluate_test and test is not None and test.rows > 0:
             results["test"] = self.evaluate("test")
         for split, metrics in results.items():
             self.log.write(event="final", split=split, **metrics)
         return results
-
-    def _has_split(self, split: str) -> bool:
-        from dlf_torchrec.data.meta import DatasetMeta
-
-        info = DatasetMeta.load(self.data_dir).splits.get(split)
-        return info is not None and info.rows > 0
