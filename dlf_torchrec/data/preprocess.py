@@ -51,7 +51,14 @@ import numpy as np
 
 from dlf_torchrec.config import REPO_ROOT, DatasetConfig
 from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, CategoricalField, DatasetMeta, SplitInfo
-from dlf_torchrec.data.parse import ParsedChunk, concat_keys, detect_libfm_fields, keys_as_bytes, parse_chunk
+from dlf_torchrec.data.parse import (
+    ParsedChunk,
+    concat_keys,
+    detect_libfm_fields,
+    keys_as_bytes,
+    parse_chunk,
+    tokens_to_keys,
+)
 from dlf_torchrec.data.schema import Schema, schema_for
 from dlf_torchrec.data.shards import ShardWriter
 
@@ -108,13 +115,22 @@ def dense_transform(values: np.ndarray) -> np.ndarray:
     return np.where(v > 0, np.log1p(np.maximum(v, 0.0)), v).astype(np.float32)
 
 
-def _features(plan: _Plan, pc: ParsedChunk) -> tuple[list[np.ndarray], np.ndarray]:
-    """Parsed chunk -> (key array [m] per output categorical field (missing = 0 / b''), dense float32 [m, D])."""
-    if plan.numeric == "bucketize":
+def featurize(pc: ParsedChunk, numeric: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Parsed chunk -> (key array [m] per output categorical field (missing = 0 / b''), dense float32 [m, D]).
+
+    ``numeric``: ``bucketize`` (numeric columns become the first categorical fields) or ``dense``. Public so that
+    scoring raw files (:mod:`dlf_torchrec.predict`) applies exactly the transform the dataset was built with.
+    """
+    if numeric == "bucketize":
         buckets = np.ascontiguousarray(bucketize(pc.numeric).T)
         keys = [buckets[j] for j in range(buckets.shape[0])] + pc.categorical
         return keys, np.zeros((len(pc.labels), 0), dtype=np.float32)
     return list(pc.categorical), dense_transform(pc.numeric)
+
+
+def _features(plan: _Plan, pc: ParsedChunk) -> tuple[list[np.ndarray], np.ndarray]:
+    """Parsed chunk -> (key array [m] per output categorical field (missing = 0 / b''), dense float32 [m, D])."""
+    return featurize(pc, plan.numeric)
 
 
 _M64 = (1 << 64) - 1
@@ -488,6 +504,15 @@ def _token_strings(vocab: np.ndarray) -> list[str]:
     if vocab.dtype.kind == "i":
         return [str(v) for v in vocab.tolist()]
     return [b.decode("utf-8", "backslashreplace") for b in keys_as_bytes(vocab).tolist()]
+
+
+def vocab_keys(tokens: list[str], numeric: bool) -> np.ndarray:
+    """Inverse of the ``vocab.json`` encoding: a field's token strings (id order) -> its sorted vocabulary keys, as
+    :func:`lookup` takes them. ``numeric``: the field holds bucketised numbers (int64 keys), else token bytes
+    (packed uint64 when all fit in 8 bytes, else an ``S`` array)."""
+    if numeric:
+        return np.array([int(t) for t in tokens], dtype=np.int64)
+    return tokens_to_keys([t.encode("utf-8", "surrogatepass") for t in tokens])
 
 
 # ------------------------------------------------------------------------------------------ driver
