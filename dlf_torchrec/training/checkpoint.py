@@ -51,7 +51,8 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any, trainer_state: 
         os.makedirs(partial)
     _barrier()
     dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=partial)
-    torch.save(_rng_state(), os.path.join(partial, _rng_file()))
+    torch.save(_local_state(model, optimizer), os.path.join(partial, _rng_file()))
+    _test_hook("DLF_TEST_SLEEP_IN_SAVE")
     _barrier()
     if _is_main():
         with open(os.path.join(partial, STATE_FILE), "w") as f:
@@ -71,6 +72,8 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
     """
     if not is_complete(path):
         raise FileNotFoundError(f"{path}: not a complete checkpoint (missing {STATE_FILE})")
+    if optimizer is not None:
+        _init_optimizer_state(model, optimizer)  # before reading the model: the dummy step may touch weights
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
@@ -79,10 +82,118 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
     rng_path = os.path.join(path, _rng_file())
-    if os.path.exists(rng_path):  # absent when resharding to another world size: RNG streams are per rank
-        _set_rng_state(torch.load(rng_path, weights_only=False))
+    if os.path.exists(rng_path):  # same world size: this rank's own RNG streams, BatchNorm stats and lrs
+        local = torch.load(rng_path, weights_only=False)
+        _set_rng_state(local.get("rng", local))  # older checkpoints hold only the RNG dict
+        _set_norm_buffers(model, local.get("norm_buffers", {}))
+        if optimizer is not None and "param_groups" in local:
+            _set_hyper_parameters(optimizer, local["param_groups"])
+    elif optimizer is not None:  # resharded: per-rank files are of another world size; lrs are the same on all
+        others = sorted(n for n in os.listdir(path) if n.startswith("rng_rank"))
+        if others:
+            local = torch.load(os.path.join(path, others[0]), weights_only=False)
+            _set_hyper_parameters(optimizer, local.get("param_groups", []))
     with open(os.path.join(path, STATE_FILE)) as f:
         return json.load(f)
+
+
+def export_unsharded_state_dict(checkpoint_path: str, cfg: Any, meta: Any) -> dict[str, torch.Tensor]:
+    """The model weights of a (sharded, any world size) checkpoint as a plain CPU state dict for inference.
+
+    The result loads with ``strict=True`` into ``build_model(cfg.model_name, meta.feature_spec,
+    cfg.features.embedding_dim, cfg.features.init_std, cfg.model)`` (the unsharded model, no ``TrainTask``
+    prefix). ``cfg`` is the :class:`~dlf_torchrec.config.ExperimentConfig` the checkpoint was trained with and
+    ``meta`` the :class:`~dlf_torchrec.data.meta.DatasetMeta` of its dataset. DCP gathers every shard into full
+    tensors; runs in a single process (no process group needed; if one is initialised, each rank reads the whole
+    checkpoint independently). Optimiser state and RNG files are not read.
+    """
+    from dlf_torchrec.models.registry import build_model  # local: models import training-side modules
+
+    if not is_complete(checkpoint_path):
+        raise FileNotFoundError(f"{checkpoint_path}: not a complete checkpoint (missing {STATE_FILE})")
+    model = build_model(cfg.model_name, meta.feature_spec, cfg.features.embedding_dim, cfg.features.init_std,
+                        cfg.model, device=torch.device("cpu"))
+    target = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # The trainer saves TrainTask(model) wrapped in DistributedModelParallel: keys are "model." + unsharded key.
+    wrapped = {f"model.{k}": v for k, v in target.items()}
+    dcp.load({"model": wrapped}, checkpoint_id=checkpoint_path, no_dist=True)
+    return {k: wrapped[f"model.{k}"].contiguous() for k in target}
+
+
+def _test_hook(env: str) -> None:
+    """Tests only: ``DLF_TEST_SLEEP_IN_SAVE=<seconds>`` pauses between the shard writes and the rename, so a test
+    can kill the job while only ``<name>.partial`` exists. Unset in every real run."""
+    seconds = os.environ.get(env)
+    if seconds:
+        import time
+
+        time.sleep(float(seconds))
+
+
+def _init_optimizer_state(model: nn.Module, optimizer: Any) -> None:
+    """Materialise the lazy state (e.g. Adam moments) of fresh dense optimisers, so that DCP loads into it.
+
+    A fresh ``torch.optim.Adam`` has no state until its first step: ``optimizer.state_dict()`` then lists nothing to
+    load and a resumed run silently restarts the dense moments from zero. TorchRec's ``init_state`` runs one
+    zero-gradient step; the fused (in-backward) sparse optimiser has its state from construction.
+    """
+    fused = getattr(model, "fused_optimizer", None)
+    pending = [optimizer]
+    while pending:
+        opt = pending.pop()
+        if opt is fused:
+            continue
+        if hasattr(opt, "optimizers"):  # CombinedOptimizer
+            pending.extend(o for _, o in opt.optimizers)
+        elif hasattr(opt, "init_state") and len(opt.state) == 0 and len(opt.params) > 0:
+            opt.init_state()
+            opt.zero_grad(set_to_none=True)
+
+
+def _norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Running statistics of the (Sync)BatchNorm layers. They are rank-local: DDP does not sync them and DCP stores
+    one copy of a replicated tensor, so each rank keeps its own in its per-rank file for an exact resume."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            for bname, buf in module.named_buffers(recurse=False):
+                if buf is not None:
+                    out[f"{name}.{bname}"] = buf.detach().clone().cpu()
+    return out
+
+
+def _set_norm_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    if saved.keys() != _norm_buffers(model).keys():  # another model: keep what DCP loaded
+        return
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                for bname, buf in module.named_buffers(recurse=False):
+                    if buf is not None:
+                        buf.copy_(saved[f"{name}.{bname}"])
+
+
+def _hyper_parameters(optimizer: Any) -> list[dict[str, Any]]:
+    """Each param group's hyper-parameters (lr after LR-on-plateau decays, ...) with its parameter keys."""
+    keys = {id(p): k for k, p in optimizer.params.items()} if hasattr(optimizer, "params") else {}
+    return [{"params": sorted(keys.get(id(p), "") for p in g["params"]),
+             "hyper": {k: v for k, v in g.items() if k != "params"}} for g in optimizer.param_groups]
+
+
+def _set_hyper_parameters(optimizer: Any, saved: list[dict[str, Any]]) -> None:
+    """Restore group hyper-parameters, matching groups by any shared parameter key (works across world sizes)."""
+    by_param = {k: g["hyper"] for g in saved for k in g["params"] if k}
+    keys = {id(p): k for k, p in optimizer.params.items()} if hasattr(optimizer, "params") else {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            hyper = by_param.get(keys.get(id(p), ""))
+            if hyper is not None:
+                group.update({k: v for k, v in hyper.items() if k in group})
+                break
+
+
+def _local_state(model: nn.Module, optimizer: Any) -> dict[str, Any]:
+    return {"rng": _rng_state(), "norm_buffers": _norm_buffers(model), "param_groups": _hyper_parameters(optimizer)}
 
 
 def _rng_file() -> str:
