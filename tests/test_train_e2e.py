@@ -41,6 +41,6 @@ def test_dcnv2_on_avazu_head(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_dcnv2_on_frappe(tmp_path: Path) -> None:
-    results = train("configs/frappe/dcnv2.yaml", tmp_path)
+    results = train("configs/frappe/dcnv2.yaml", tmp_path, "training.epochs=3")  # ~0.966 after 3 epochs
     assert results["valid"]["auc"] > 0.95, results
     assert results["valid"]["rows"] == 57722 and "test" not in results
