@@ -104,7 +104,17 @@ def stamp_lines(stamp: dict[str, str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------- peak RSS
 def reset_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark to its current RSS. False where the kernel does not allow it."""
+    """Reset this process's RSS high-water mark to its current RSS. False where the kernel does not allow it.
+
+    Freed heap is first handed back to the OS (glibc ``malloc_trim``) so that memory kept from an earlier
+    configuration does not count towards the next one's peak.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
