@@ -11,8 +11,9 @@ The run directory supplies ``config.yaml`` (written by the trainer), the dataset
 featurisation (:func:`dlf_torchrec.data.preprocess.featurize` + :func:`~dlf_torchrec.data.preprocess.lookup`) as
 preprocessing, then through the unsharded model on CPU in one process (no process group).
 
-Labels: ``--label auto`` (default) looks at the first data line: the schema's column count means labelled (the
-label is parsed and ignored), one column fewer means unlabelled (e.g. Criteo's ``test.txt``, 39 columns; Avazu's
+Labels: ``--label auto`` (default) looks at the first data line (the first of the first 100 lines with a plausible
+column count): the schema's column count means labelled (the label is parsed and ignored), one column fewer means
+unlabelled (e.g. Criteo's ``test.txt``, 39 columns; Avazu's
 ``test`` without ``click``). ``--label yes|no`` forces it.
 
 Output: one probability per input data row (a header line is not a row), ``%.9g`` (float32 round-trips), in input
@@ -51,6 +52,8 @@ from dlf_torchrec.data.schema import Schema, schema_for
 FORMATS = ("criteo", "avazu", "libfm", "csv")
 LabelMode = Literal["auto", "yes", "no"]
 MAX_EXAMPLES = 10
+# Lines looked at to decide --label auto (the first with a labelled or unlabelled column count decides).
+HEAD_LINES = 100
 
 
 class PredictError(RuntimeError):
@@ -200,9 +203,12 @@ class Chunk:
     lines: list[bytes]
 
 
-def first_data_line(lines: list[bytes]) -> bytes | None:
-    """The first non-blank line of ``lines`` (None if all are blank)."""
-    return next((line for line in lines if line.strip()), None)
+def first_data_line(schema: Schema, lines: list[bytes]) -> bytes | None:
+    """The first line of ``lines`` with the labelled or unlabelled column count of ``schema`` (so that a malformed
+    first row does not decide), else the first non-blank line, else None."""
+    counts = (schema.n_columns, schema.n_columns - 1)
+    return next((line for line in lines if count_columns(schema, line) in counts),
+                next((line for line in lines if line.strip()), None))
 
 
 def read_chunks(lines: Iterator[bytes], chunk_rows: int, first_line: int) -> Iterator[Chunk]:
@@ -340,11 +346,14 @@ def score_stream(run: Run, model: nn.Module, lines: Iterator[bytes], out: IO[str
     from tqdm import tqdm
 
     schema = base_schema(run, opts.fmt, opts.csv_schema)
-    head = list(itertools.islice(lines, 2))
+    head = list(itertools.islice(lines, HEAD_LINES))
     first_line = 1
     if head and (is_header(schema, head[0]) or is_header(without_label(schema), head[0])):
         head, first_line = head[1:], 2
-    schema = input_schema(schema, first_data_line(head), opts.label)
+    try:
+        schema = input_schema(schema, first_data_line(schema, head), opts.label)
+    except PredictError as e:
+        raise PredictError(f"{name}: {e}") from None
     encoder = Encoder.for_run(run, schema)
     id_col = column_index(schema, opts.id_column)
     if id_col is not None:

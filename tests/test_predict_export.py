@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from dlf_torchrec import export, predict
+from dlf_torchrec.data.parse import parse_chunk
 from dlf_torchrec.data.preprocess import line_uniform
-from dlf_torchrec.data.schema import avazu_schema, criteo_schema
+from dlf_torchrec.data.schema import avazu_schema, criteo_schema, libfm_schema
 from dlf_torchrec.data.shards import open_split
 from dlf_torchrec.training.metrics import compute_metrics
 
@@ -186,13 +187,17 @@ def test_stdin_to_stdout(run_dir: Path, criteo: Path, test_predictions: list[str
 
 
 def test_label_detection_and_avazu_id_column() -> None:
+    """Unlabelled schema variants (Criteo, Avazu with its id,hour header, libFM) and the id passthrough."""
     criteo_line = b"\t".join([b"1"] * 14 + [b"ab"] * 26) + b"\n"
     assert predict.input_schema(criteo_schema(), criteo_line, "auto").n_columns == 40
     assert predict.input_schema(criteo_schema(), criteo_line[2:], "auto").n_columns == 39
+    assert predict.first_data_line(criteo_schema(), [b"\n", b"1\t2\n", criteo_line[2:]]) == criteo_line[2:]
     with pytest.raises(predict.PredictError, match="expects 40"):
         predict.input_schema(criteo_schema(), b"1\t2\n", "auto")
     unlabelled = predict.without_label(avazu_schema())
     assert predict.is_header(unlabelled, b"id,hour,C1,banner_pos\n")
     assert predict.column_index(unlabelled, "id") == 0
     assert predict.id_values([b"123,14102100,x\n", b"\n"], unlabelled, 0) == ["123", ""]
+    libfm = predict.input_schema(libfm_schema(3), b"a:1 b:1 c:1\n", "auto")
+    assert parse_chunk(libfm, b"a:1 b:1 c:1\n").ok_idx.tolist() == [0]
     assert predict.format_rows(np.array([0.25, math.nan]), ["a", "b"]) == "a,0.25\nb,nan\n"
