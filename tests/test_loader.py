@@ -104,6 +104,15 @@ def test_workers_keep_order_and_skip_batches(data_dirs: dict[str, str]) -> None:
         assert torch.equal(a[1], b[1])
 
 
+def test_worker_loading_leaves_the_global_rng_alone(data_dirs: dict[str, str]) -> None:
+    # Resume exactness depends on it: dropout masks come from the global RNG (see loader.py).
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    assert collect(make_dataloader(data_dirs["dense"], "train", 37, shuffle=True, num_workers=2))
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_bad_arguments(data_dirs: dict[str, str], tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="nosuch"):
         make_dataloader(data_dirs["bucket"], "nosuch", 8, shuffle=False)

@@ -148,7 +148,11 @@ class CTRDataLoader:
         if self.num_workers <= 0:
             source: object = self.dataset
         else:
-            source = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers)
+            # An explicit generator keeps the DataLoader from drawing its workers' base seed from the global torch
+            # RNG: otherwise creating the iterator shifts every later dropout mask, and a run resumed mid-epoch
+            # (which creates it at another point of the RNG stream) would diverge from an uninterrupted one.
+            source = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                generator=torch.Generator())
         for parts in source:  # type: ignore[attr-defined]
             yield self._to_batch(parts)
 

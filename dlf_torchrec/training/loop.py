@@ -31,24 +31,6 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def rng_neutral(iterable: Any) -> Iterator[Batch]:
-    """Iterate ``iterable`` without letting it touch the global torch RNG.
-
-    A torch DataLoader (``num_workers > 0``) draws its workers' base seed from the global RNG when its iterator is
-    created. A resumed run creates the epoch's loader at a different point of the RNG stream than the run it
-    resumes (after restoring the checkpoint's RNG state, not at the epoch start), so that draw would shift every
-    later dropout mask: the resumed run would diverge from an uninterrupted one.
-    """
-    it = iter(iterable)
-    while True:
-        with torch.random.fork_rng(devices=[]):
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-        yield batch
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -140,7 +122,7 @@ class Trainer:
         model.eval()
         probs, labels = [], []
         loader = self._loader(split, for_eval=True)
-        for batch in self._progress(rng_neutral(loader), f"eval {split}", total=len(loader)):
+        for batch in self._progress(loader, f"eval {split}", total=len(loader)):
             batch = batch.to(self.ctx.device)
             _, (_, logits, batch_labels) = model(batch)
             probs.append(torch.sigmoid(logits.float()))
@@ -177,7 +159,7 @@ class Trainer:
     def _train_epoch(self) -> None:
         tr, st = self.cfg.training, self.state
         loader = self._loader("train", for_eval=False, skip_batches=st.batch_in_epoch)
-        iterator: Iterator[Batch] = rng_neutral(loader)
+        iterator: Iterator[Batch] = iter(loader)
         total = st.batch_in_epoch + len(loader)
         bar = self._progress(range(len(loader)), f"epoch {st.epoch}", total=total, initial=st.batch_in_epoch)
         self.dmp.train()
