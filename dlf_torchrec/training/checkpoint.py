@@ -70,6 +70,7 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
 
     DCP reshards on load, so a checkpoint written with one world size loads under another.
     """
+    _recover(path)
     if not is_complete(path):
         raise FileNotFoundError(f"{path}: not a complete checkpoint (missing {STATE_FILE})")
     if optimizer is not None:
@@ -118,6 +119,14 @@ def export_unsharded_state_dict(checkpoint_path: str, cfg: Any, meta: Any) -> di
     wrapped = {f"model.{k}": v for k, v in target.items()}
     dcp.load({"model": wrapped}, checkpoint_id=checkpoint_path, no_dist=True)
     return {k: wrapped[f"model.{k}"].contiguous() for k in target}
+
+
+def _recover(path: str) -> None:
+    """A crash between the two renames of a save over an existing name (``best``) leaves only ``<name>.old``."""
+    old = path + ".old"
+    if not os.path.exists(path) and is_complete(old) and _is_main():
+        os.replace(old, path)
+    _barrier()
 
 
 def _test_hook(env: str) -> None:
@@ -223,7 +232,14 @@ def periodic_checkpoints(directory: str) -> list[str]:
 
 
 def prune_checkpoints(directory: str, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` periodic checkpoints; drop ``.partial`` leftovers of interrupted saves.
+
+    Call right after a successful (collective) save: no save is in progress then.
+    """
     if not _is_main():
         return
     for path in periodic_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        if name.endswith(PARTIAL):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
