@@ -31,6 +31,9 @@ ROWS, BATCH, SEED = 6000, 256, 2019
 SMALL = [f"dataset.synthetic_rows={ROWS}", f"training.batch_size={BATCH}", "training.epochs=2",
          "model.hidden_units=[32,32]", "features.embedding_dim=8", "training.progress=false",
          "dataset.progress=false", "training.num_workers=1", "training.early_stop_patience=5"]
+# TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with torchrun's shared rendezvous store (the default) the restarted workers
+# race the previous attempt's gloo address keys in init_process_group ("Gloo connectFullMesh failed ... Connection
+# refused"); the trainer reproduces it on every restart, see docs/reliability.md.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 ENV.pop("DLF_TEST_SLEEP_IN_SAVE", None)
 
