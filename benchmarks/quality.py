@@ -88,6 +88,10 @@ PUBLISHED: dict[tuple[str, str], list[Ref]] = {
     ("avazu", "dcnv2"): [(DLF_PAPER, 0.7565, 0.3722), (BARS_X1, 0.7656, 0.3664), (BARS_X4, 0.793146, 0.371865)],
     ("avazu", "dlf"): [(DLF_PAPER, 0.7601, 0.3706)],
 }
+# Short names for the Markdown table (the CSV carries the full protocol text); the legend goes under the table.
+CODES = {DLF_PAPER: "DLF paper", BARS_X1: "BARS x1", BARS_X4: "BARS x4", TF4CTR_PAPER: "TF4CTR paper",
+         TF4CTR_PAPER + ", Criteo_x4": "TF4CTR paper, Criteo_x4", TF4CTR_T2: "TF4CTR Table II",
+         DLF_ABLATION: "DLF Table 3, Criteo / Avazu"}
 DLF_ABLATIONS = {"full": "0.8106 / 0.7601", "w/o gate": "0.8095 / 0.7591", "w/o RLI": "0.8091 / 0.7590",
                  "w/o NAF": "0.8083 / 0.7575", "w/o RLI+NAF": "0.8084 / 0.7563"}
 
@@ -105,11 +109,13 @@ class Row:
     note: str = ""
     throughput: bool = True  # measure the batch-4096 fwd+bwd column for this row (dlf/tf4ctr suites)
 
-    def published(self) -> str:
+    def published(self, short: bool = False) -> str:
+        """Published AUC / logloss with their protocol (``short``: the protocol's short name, see CODES)."""
         refs = PUBLISHED.get((self.dataset, self.published_key), [])
-        parts = [f"{auc:.4f}" + (f" / {ll:.4f}" if ll is not None else "") + f" ({src})" for src, auc, ll in refs]
+        parts = [f"{auc:.4f}" + (f" / {ll:.4f}" if ll is not None else "") + f" ({CODES[src] if short else src})"
+                 for src, auc, ll in refs]
         if self.ablation:
-            parts.append(f"{DLF_ABLATIONS[self.ablation]} ({DLF_ABLATION})")
+            parts.append(f"{DLF_ABLATIONS[self.ablation]} ({CODES[DLF_ABLATION] if short else DLF_ABLATION})")
         return "; ".join(parts)
 
 
@@ -359,7 +365,7 @@ def aggregate(rows: list[Row], runs: list[RunResult], seeds: list[int], caps: di
             "label": row.label, "dataset": row.dataset, "config": row.config, "overrides": " ".join(row.overrides),
             "seeds_done": len(ok), "seeds": " ".join(str(s) for s in seeds), "epochs_cap": caps.get(row.label),
             "epochs_run": " ".join(str(r.epochs_run) for r in sorted(ok, key=lambda r: r.seed)),
-            "published": row.published(), "note": row.note,
+            "published": row.published(), "published_short": row.published(short=True), "note": row.note,
         }
         for split in ("valid", "test"):
             for metric in ("auc", "logloss"):
@@ -413,7 +419,7 @@ def write_tables(suite: str, table: list[dict[str, Any]], args: argparse.Namespa
              "train samples/s (bs as config)": f"{r['train_samples_per_s']:.0f}" if r["train_samples_per_s"] else "-",
              f"fwd+bwd samples/s @{args.throughput_batch}": f"{r['fwd_bwd_samples_per_s_b4096']:.0f}"
              if r["fwd_bwd_samples_per_s_b4096"] else "pending",
-             "published AUC / logloss (protocol)": r["published"] or "-",
+             "published AUC / logloss (protocol)": r["published_short"] or "-",
              "status": "ok" if r["status"] == "ok" else r["status"].split(" (finish")[0]}
         md_rows.append(m)
     caps = sorted({str(r["epochs_cap"]) for r in table if r["epochs_cap"] is not None})
@@ -443,7 +449,11 @@ def write_tables(suite: str, table: list[dict[str, Any]], args: argparse.Namespa
         "10k-row head samples",
         f"- load average at start: {stamp.get('load_average_at_start')} (shared machine: samples/s are indicative)",
     ]
-    sections = [("Setup", "\n".join(setup)), ("Results", common.markdown_table(md_rows, cols))]
+    legend = "\n".join(f"- {code}: {src}" for src, code in CODES.items()
+                       if any(code in r["published_short"] for r in table))
+    sections = [("Setup", "\n".join(setup)), ("Results", common.markdown_table(md_rows, cols)
+                                             + ("\n\nPublished numbers (MODELS.md 3.3), protocols:\n\n" + legend
+                                                if legend else ""))]
     if notes:
         sections.append(("Rows not run", "\n".join(f"- {n}" for n in notes)))
     pending = [r for r in table if r["status"].startswith("pending")]
