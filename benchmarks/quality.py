@@ -507,6 +507,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "early stopping; an epoch there is 16 steps)")
     p.add_argument("--only", nargs="+", default=None,
                    help="run only rows whose label contains one of these (the table still lists every row)")
+    p.add_argument("--skip", nargs="+", default=None,
+                   help="do not run rows whose label contains one of these (they stay pending in the table)")
     p.add_argument("--resume", action="store_true",
                    help="reuse finished runs from quality_<suite>_runs.jsonl in --out instead of re-running them")
     p.add_argument("--no-throughput", action="store_true", help="skip the batch-4096 fwd+bwd column")
@@ -530,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = common.make_stamp([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     suite = args.suite
     rows, notes = suite_rows(suite, args.quick)
-    selected = [r for r in rows if not args.only or any(o in r.label for o in args.only)]
+    selected = [r for r in rows if (not args.only or any(o in r.label for o in args.only))
+                and not any(o in r.label for o in args.skip or [])]
     work_dir = args.work_dir or tempfile.mkdtemp(prefix=f"dlf_quality_{suite}_")
     os.makedirs(work_dir, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
@@ -574,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     if throughput_wanted:
         todo = [r for r in selected if r.throughput and not isinstance(speeds.get(r.label), float | int)]
         if args.quick:
-            # The quick row's dataset must exist before the worker looks for it; use the quick data dir.
+            # The quick row's data lives in the work dir (not the config's shared data/processed/synthetic).
             todo = [Row(r.label, r.dataset, r.config, (*r.overrides, f"dataset.output_dir={quick_data}"))
                     for r in todo]
             os.makedirs(quick_data, exist_ok=True)
