@@ -252,7 +252,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         try:
             validate()
         except ValueError as e:
-            raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+            message = str(e)
+            field_named = message.split(":", 1)[0] in names  # "hidden_units: ..." -> "model.hidden_units: ..."
+            raise ConfigError(f"{prefix or cls.__name__}{'.' if field_named else ': '}{message}") from e
     return obj
 
 
@@ -325,7 +327,11 @@ def build_config(raw: dict[str, Any], source: str = "<dict>", overrides: list[st
     try:
         for key, value in parse_overrides(overrides or []):
             _set_path(raw, key, value)
-        model_raw = dict(raw.pop("model", None) or {})
+        model_section = raw.pop("model", None) or {}
+        if not isinstance(model_section, dict):
+            raise ConfigError(f"model: expected a mapping with a 'name' key, got {type(model_section).__name__} "
+                              f"{model_section!r}")
+        model_raw = dict(model_section)
         model_name = model_raw.pop("name", "dcnv2")
         if not isinstance(model_name, str):
             raise ConfigError(f"model.name: expected str, got {model_name!r}")

@@ -71,7 +71,13 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext
     else:
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        # torchrun shares its rendezvous TCPStore with the workers and keeps it across restarts: without a prefix
+        # per restart, restarted workers read the dead attempt's gloo address keys ("connectFullMesh failed").
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"dlf_torchrec/attempt_{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistContext(rank, world_size, local_rank, local_world_size, dev, backend)
 
 

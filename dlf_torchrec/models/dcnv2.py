@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dlf_torchrec.models.layers import MLP, CrossNetV2
+from dlf_torchrec.models.layers import MLP, CrossNetV2, check_mlp_config
 from dlf_torchrec.models.registry import register_over_arch
 
 
@@ -22,6 +22,12 @@ class DCNv2Config:
     batch_norm: bool = True
     dropout: float = 0.0
     activation: str = "relu"
+
+    def validate(self) -> None:
+        check_mlp_config(self.hidden_units, self.dropout, self.activation)
+        if self.num_cross_layers < 0 or (self.low_rank is not None and self.low_rank < 1):
+            raise ValueError(f"num_cross_layers must be >= 0 and low_rank >= 1, got {self.num_cross_layers}, "
+                             f"{self.low_rank}")
 
 
 @register_over_arch("dcnv2", DCNv2Config)

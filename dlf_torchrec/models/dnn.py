@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dlf_torchrec.models.layers import MLP
+from dlf_torchrec.models.layers import MLP, check_mlp_config
 from dlf_torchrec.models.registry import register_over_arch
 
 
@@ -17,6 +17,9 @@ class DNNConfig:
     batch_norm: bool = True
     dropout: float = 0.0
     activation: str = "relu"
+
+    def validate(self) -> None:
+        check_mlp_config(self.hidden_units, self.dropout, self.activation)
 
 
 @register_over_arch("dnn", DNNConfig)

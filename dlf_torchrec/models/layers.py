@@ -10,6 +10,16 @@ from torch import nn
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
+def check_mlp_config(hidden_units: Sequence[int], dropout: float, act: str, key: str = "hidden_units") -> None:
+    """Config-time checks for an MLP block; raises ValueError naming the key."""
+    if any(units < 1 for units in hidden_units):
+        raise ValueError(f"{key}: every layer width must be >= 1, got {list(hidden_units)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: must be in [0, 1), got {dropout}")
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"activation: unknown '{act}' (known: {', '.join(_ACTIVATIONS)})")
+
+
 def activation(name: str) -> nn.Module:
     if name not in _ACTIVATIONS:
         raise ValueError(f"unknown activation '{name}' (known: {', '.join(_ACTIVATIONS)})")
