@@ -390,9 +390,9 @@ def aggregate(rows: list[Row], runs: list[RunResult], seeds: list[int], caps: di
     return out
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def _pm(mean: float | None, std: float | None, done: bool = False) -> str:
     if mean is None:
-        return "pending"
+        return "-" if done else "pending"  # done: the runs finished, the split does not exist (Frappe test)
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
@@ -414,8 +414,8 @@ def write_tables(suite: str, table: list[dict[str, Any]], args: argparse.Namespa
              f"{len(r['seeds'].split())}", "epochs run": r["epochs_run"] or "-",
              "valid AUC": _pm(r["valid_auc_mean"], r["valid_auc_std"]),
              "valid logloss": _pm(r["valid_logloss_mean"], r["valid_logloss_std"]),
-             "test AUC": _pm(r["test_auc_mean"], r["test_auc_std"]),
-             "test logloss": _pm(r["test_logloss_mean"], r["test_logloss_std"]),
+             "test AUC": _pm(r["test_auc_mean"], r["test_auc_std"], r["seeds_done"] > 0),
+             "test logloss": _pm(r["test_logloss_mean"], r["test_logloss_std"], r["seeds_done"] > 0),
              "train samples/s (bs as config)": f"{r['train_samples_per_s']:.0f}" if r["train_samples_per_s"] else "-",
              f"fwd+bwd samples/s @{args.throughput_batch}": f"{r['fwd_bwd_samples_per_s_b4096']:.0f}"
              if r["fwd_bwd_samples_per_s_b4096"] else "pending",
