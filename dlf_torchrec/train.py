@@ -32,7 +32,13 @@ from dlf_torchrec.config import ConfigError, ExperimentConfig, load_config  # no
 from dlf_torchrec.data.meta import DatasetMeta  # noqa: E402
 from dlf_torchrec.data.preprocess import ensure_preprocessed  # noqa: E402
 from dlf_torchrec.models.registry import build_model  # noqa: E402
-from dlf_torchrec.parallel import DistContext, describe_plan, init_distributed, shard_model  # noqa: E402
+from dlf_torchrec.parallel import (  # noqa: E402
+    DistContext,
+    describe_plan,
+    init_distributed,
+    shard_model,
+    shutdown_distributed,
+)
 from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything
 from dlf_torchrec.training.task import TrainTask  # noqa: E402
 
@@ -108,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training stopped: {e}", file=sys.stderr)
         return 1
     except BaseException:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed()
         raise
     if "TORCHELASTIC_RUN_ID" in os.environ:
         # Under torchrun, a restarted worker occasionally aborts while tearing down the shared rendezvous store's
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    dist.destroy_process_group()
+    shutdown_distributed()
     return 0
 
 
