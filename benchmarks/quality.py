@@ -23,7 +23,8 @@ Suites (``--suite``):
 Throughput column (``dlf`` and ``tf4ctr`` suites): forward + backward + optimiser samples/s at batch 4096 of each
 row's exact model config, measured here (the throughput benchmark's timing loop, ``throughput._time_steps``) on
 the row's dataset feature spec (real Frappe cardinalities) with uniform random ids: TorchRec ``shard_model`` forced to
-``table_wise``, fused rowwise Adagrad + Adam, ``TrainPipelineSparseDist``, 1 process. ``benchmarks/throughput.py``
+``table_wise``, fused rowwise Adagrad + Adam, ``TrainPipelineSparseDist``, 1 process, glibc malloc tuned as the
+trainer does by default (``training.cpu_allocator``). ``benchmarks/throughput.py``
 cannot do this: it builds every model with its default config, so DLF forms and ablations would all look alike.
 
 Outputs in ``--out`` (default ``benchmarks/results``): ``quality_<suite>.csv`` / ``.md`` (aggregated rows, rows not
@@ -251,11 +252,22 @@ def run_one(row: Row, seed: int, epochs: int, work_dir: str, timeout: float, qui
 
 # ------------------------------------------------------------------------------------------------------- throughput
 def _throughput_worker(spec_path: str, out_path: str) -> int:
-    """Subprocess entry: time fwd+bwd+optimiser at the given batch for each (label, config, overrides)."""
+    """Subprocess entry: time fwd+bwd+optimiser at the given batch for each (label, config, overrides).
+
+    Writes ``{label: {"samples_per_s", "peak_rss_mib", "minor_faults_per_step"} or {"error": message}}``.
+    """
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(29500 + os.getpid() % 1000))
     import logging
+    import resource
     import warnings
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    from dlf_torchrec.training.allocator import configure_cpu_allocator
+
+    # Before torch allocates anything, as the trainer does (training.cpu_allocator).
+    configure_cpu_allocator(spec.get("cpu_allocator", "tuned"))
 
     import throughput
     import torch
@@ -273,8 +285,6 @@ def _throughput_worker(spec_path: str, out_path: str) -> int:
     warnings.filterwarnings("ignore")
     for name in ("torchrec", ""):
         logging.getLogger(name).setLevel(logging.ERROR)
-    with open(spec_path) as f:
-        spec = json.load(f)
     batch_size = int(spec["batch_size"])
     settings = throughput.Settings(0, 16, 4, 1, int(spec["windows"]), float(spec["window_seconds"]), 1.1, 2019)
     ctx = init_distributed("cpu")
@@ -307,15 +317,28 @@ def _throughput_worker(spec_path: str, out_path: str) -> int:
                 pipeline = TrainPipelineSparseDist(dmp, optimizer, ctx.device)
                 dmp.train()
                 cycle = iter(batches * 10_000)
+                common.reset_peak_rss()
+                steps_done = [0]
+
+                def step(p: Any = pipeline, c: Any = cycle, n: list[int] = steps_done) -> None:
+                    p.progress(c)
+                    n[0] += 1
+
+                faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 try:
-                    elapsed, steps = throughput._time_steps(lambda p=pipeline, c=cycle: p.progress(c), settings, 1)
+                    elapsed, steps = throughput._time_steps(step, settings, 1)
                 finally:
                     pipeline.detach()
-                results[job["label"]] = batch_size * steps / statistics.median(elapsed)
-                print(f"{job['label']}: {results[job['label']]:.0f} samples/s", flush=True)
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+                results[job["label"]] = {
+                    "samples_per_s": batch_size * steps / statistics.median(elapsed),
+                    "peak_rss_mib": round(common.peak_rss_mib(), 1),
+                    "minor_faults_per_step": round(faults / max(1, steps_done[0])),
+                }
+                print(f"{job['label']}: {results[job['label']]['samples_per_s']:.0f} samples/s", flush=True)
             except Exception as e:  # noqa: BLE001 - one failing row must not lose the others
-                results[job["label"]] = f"error: {type(e).__name__}: {e}"
-                print(f"{job['label']}: {results[job['label']]}", flush=True)
+                results[job["label"]] = {"error": f"{type(e).__name__}: {e}"}
+                print(f"{job['label']}: error: {type(e).__name__}: {e}", flush=True)
             with open(out_path, "w") as f:
                 json.dump(results, f)
     finally:
@@ -323,28 +346,41 @@ def _throughput_worker(spec_path: str, out_path: str) -> int:
     return 0
 
 
-def measure_throughput(rows: list[Row], args: argparse.Namespace, work_dir: str) -> dict[str, Any]:
-    """Run the throughput worker in a subprocess for the rows that want the column; {label: samples/s or error}."""
-    jobs = [{"label": r.label, "config": r.config, "overrides": list(r.overrides)} for r in rows if r.throughput]
+def run_throughput_jobs(jobs: list[dict[str, Any]], batch_size: int, windows: int, window_seconds: float,
+                        cpu_allocator: str, timeout: float, work_dir: str) -> dict[str, dict[str, Any]]:
+    """Run :func:`_throughput_worker` in a fresh subprocess over ``jobs`` ({label, config, overrides}).
+
+    Returns its per-label dicts; labels it did not reach (timeout, crash) are missing.
+    """
     if not jobs:
         return {}
     spec_path = os.path.join(work_dir, "throughput_jobs.json")
     out_path = os.path.join(work_dir, "throughput_results.json")
     with open(spec_path, "w") as f:
-        json.dump({"batch_size": args.throughput_batch, "windows": args.throughput_windows,
-                   "window_seconds": args.throughput_window_seconds, "jobs": jobs}, f)
+        json.dump({"batch_size": batch_size, "windows": windows, "window_seconds": window_seconds,
+                   "cpu_allocator": cpu_allocator, "jobs": jobs}, f)
     if os.path.exists(out_path):
         os.remove(out_path)
-    print(f"throughput at batch {args.throughput_batch}: {len(jobs)} model configs ...", flush=True)
     try:
         subprocess.run([sys.executable, os.path.abspath(__file__), "--throughput-worker", spec_path, out_path],
-                       cwd=common.REPO_ROOT, timeout=args.timeout, check=False)
+                       cwd=common.REPO_ROOT, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         pass
     if not os.path.exists(out_path):
         return {}
     with open(out_path) as f:
         return json.load(f)
+
+
+def measure_throughput(rows: list[Row], args: argparse.Namespace, work_dir: str) -> dict[str, Any]:
+    """The batch-4096 column for the rows that want it: {label: samples/s or "error: ..."}."""
+    jobs = [{"label": r.label, "config": r.config, "overrides": list(r.overrides)} for r in rows if r.throughput]
+    if jobs:
+        print(f"throughput at batch {args.throughput_batch}: {len(jobs)} model configs ...", flush=True)
+    raw = run_throughput_jobs(jobs, args.throughput_batch, args.throughput_windows, args.throughput_window_seconds,
+                              "tuned", args.timeout, work_dir)
+    return {label: r["samples_per_s"] if "samples_per_s" in r else f"error: {r['error']}"
+            for label, r in raw.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------- tables
@@ -440,6 +476,7 @@ def write_tables(suite: str, table: list[dict[str, Any]], args: argparse.Namespa
         setup.append(
             f"- fwd+bwd samples/s @{args.throughput_batch}: measured by `quality.py` per row config: forward + "
             "backward + fused rowwise-Adagrad/Adam step, TorchRec `table_wise`, `TrainPipelineSparseDist`, 1 process, "
+            "`cpu_allocator: tuned` (the trainer's default), "
             "the dataset's real cardinalities with uniform random ids, median of "
             f"{args.throughput_windows} windows of ~{args.throughput_window_seconds} s (the timing loop of "
             "`throughput.py`)")

@@ -93,6 +93,7 @@ class Settings:
     window_seconds: float
     zipf: float
     seed: int
+    cpu_allocator: str = "tuned"  # training.cpu_allocator of the trainer (glibc malloc thresholds)
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -289,6 +290,10 @@ def _worker(rank: int, world_size: int, port: int, jobs: list[Job], settings: Se
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import logging
     import warnings
+
+    from dlf_torchrec.training.allocator import configure_cpu_allocator
+
+    configure_cpu_allocator(settings.cpu_allocator)  # before torch allocates, as the trainer does
 
     import torch
 
@@ -519,6 +524,7 @@ def write_results(rows: list[dict[str, Any]], out: str, settings: Settings, stam
         "- plain_dense: same model with one torch.nn.Embedding per field (dense grads), one Adam on all params, "
         "clip_grad_norm_ 10, plain loop, 1 process (FuxiCTR style)\n"
         "- plain_sparse (extra): nn.Embedding(sparse=True) + SparseAdam on tables, Adam on the rest\n"
+        f"- glibc malloc: `{settings.cpu_allocator}` in every process (training.cpu_allocator)\n"
         f"- whole run: {total_s:.0f} s; load average at start: {stamp.get('load_average_at_start')}"
     )
     sections = [
@@ -572,6 +578,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-batches", type=int, default=4, help="distinct pre-generated batches per rank")
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the ids (> 1)")
     p.add_argument("--seed", type=int, default=2019)
+    p.add_argument("--cpu-allocator", choices=("tuned", "default"), default="tuned",
+                   help="glibc malloc setting of every rank, as training.cpu_allocator (default tuned, the trainer's)")
     p.add_argument("--timeout", type=float, default=1800,
                    help="seconds allowed per world size; configurations not reached by then are reported as errors")
     p.add_argument("--out", default=common.DEFAULT_RESULTS_DIR, help="results directory")
@@ -601,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = common.make_stamp([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     settings = Settings(args.max_rows_per_table, args.embedding_dim, args.num_batches, args.warmup_steps,
-                        args.windows, args.window_seconds, args.zipf, args.seed)
+                        args.windows, args.window_seconds, args.zipf, args.seed, args.cpu_allocator)
     jobs_by_world: dict[int, list[Job]] = {}
     for batch in args.batch_sizes:
         for model in args.models:

@@ -139,6 +139,10 @@ class TrainingConfig:
     progress: bool = True
     sync_batchnorm: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # glibc malloc on CPU: "tuned" keeps large blocks in the heap instead of mmap/munmap per step (1.1-1.2x samples/s
+    # measured for DNN, DCNv2, DLF; RSS stays near the run's peak); "default" leaves glibc as it is.
+    # See dlf_torchrec/training/allocator.py.
+    cpu_allocator: Literal["tuned", "default"] = "tuned"
 
 
 @dataclass

@@ -39,7 +39,8 @@ from dlf_torchrec.parallel import (  # noqa: E402
     shard_model,
     shutdown_distributed,
 )
-from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything
+from dlf_torchrec.training.allocator import configure_cpu_allocator  # noqa: E402
+from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything  # noqa: E402
 from dlf_torchrec.training.task import TrainTask  # noqa: E402
 
 
@@ -75,6 +76,7 @@ def build_sharded_model(cfg: ExperimentConfig, ctx: DistContext, meta: DatasetMe
 
 
 def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
+    configure_cpu_allocator(cfg.training.cpu_allocator)
     ctx = init_distributed(cfg.training.device)
     seed_everything(cfg.training.seed)
     data_dir = prepare_data(cfg, ctx)

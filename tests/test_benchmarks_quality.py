@@ -124,3 +124,25 @@ def test_rss_growth_prefers_1m_to_5m() -> None:
     a, b, growth = preprocess_bench.rss_growth(rows)
     assert (a, b) == (1_000_000, 5_000_000) and growth == pytest.approx(0.2)
     assert preprocess_bench.rss_growth(rows[:1]) is None
+
+
+@pytest.mark.slow
+def test_allocator_quick_files_and_columns(tmp_path: os.PathLike) -> None:
+    import allocator
+
+    proc = _run("allocator.py", "--quick", "--out", str(tmp_path))
+    assert "ratio_tuned_vs_default" in proc.stdout
+    for name in ("allocator.csv", "allocator.md", "allocator.png"):
+        assert os.path.getsize(os.path.join(tmp_path, name)) > 0, name
+    stamp, rows = common.read_csv(os.path.join(tmp_path, "allocator.csv"))
+    _check_stamp(stamp)
+    assert list(rows[0]) == list(allocator.COLUMNS)
+    assert [r["label"] for r in rows] == [label for label, _, _ in allocator.QUICK_JOBS]
+    for r in rows:
+        assert r["status"] == "ok", r
+        for alloc in allocator.ALLOCATORS:
+            assert float(r[f"{alloc}_samples_per_s"]) > 0
+            assert float(r[f"{alloc}_peak_rss_mib"]) > 0
+            assert int(r[f"{alloc}_minor_faults_per_step"]) >= 0
+        ratio = float(r["tuned_samples_per_s"]) / float(r["default_samples_per_s"])
+        assert float(r["ratio_tuned_vs_default"]) == pytest.approx(ratio, abs=0.01)
