@@ -321,10 +321,14 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             raise ConfigError(str(e)) from None
 
 
-def build_config(raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> ExperimentConfig:
-    """Validate a raw mapping (plus overrides) into an :class:`ExperimentConfig`."""
-    from dlf_torchrec.models.registry import model_config_class  # models are registered on import
+def build_config(
+    raw: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None, validate_model: bool = True
+) -> ExperimentConfig:
+    """Validate a raw mapping (plus overrides) into an :class:`ExperimentConfig`.
 
+    ``validate_model=False`` leaves ``cfg.model`` None and skips the model section (which needs the model registry,
+    i.e. torch + torchrec, ~4 s of imports): for tools that only read ``dataset`` (the preprocessing CLI).
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
@@ -341,11 +345,14 @@ def build_config(raw: dict[str, Any], source: str = "<dict>", overrides: list[st
             raise ConfigError(f"model.name: expected str, got {model_name!r}")
         cfg = from_dict(ExperimentConfig, {k: v for k, v in raw.items()})
         cfg.model_name = model_name
-        try:
-            model_cls = model_config_class(model_name)
-        except ValueError as e:
-            raise ConfigError(f"model.name: {e}") from None
-        cfg.model = from_dict(model_cls, model_raw, "model")
+        if validate_model:
+            from dlf_torchrec.models.registry import model_config_class  # models are registered on import
+
+            try:
+                model_cls = model_config_class(model_name)
+            except ValueError as e:
+                raise ConfigError(f"model.name: {e}") from None
+            cfg.model = from_dict(model_cls, model_raw, "model")
         cfg.source = source
         _check_consistency(cfg)
     except ConfigError as e:
@@ -353,8 +360,10 @@ def build_config(raw: dict[str, Any], source: str = "<dict>", overrides: list[st
     return cfg
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load and validate an experiment YAML (the synthetic default when ``path`` is None)."""
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None, validate_model: bool = True
+) -> ExperimentConfig:
+    """Load and validate an experiment YAML (the synthetic default when ``path`` is None); see :func:`build_config`."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -362,7 +371,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    cfg = build_config(raw, str(path), overrides)
+    cfg = build_config(raw, str(path), overrides, validate_model)
     if isinstance(cfg.dataset.schema, str) and not os.path.isabs(cfg.dataset.schema):
         cfg.dataset.schema = str((path.parent / cfg.dataset.schema).resolve())
     return cfg

@@ -61,3 +61,18 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("training: [unclosed")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+
+
+def test_dataset_only_loading_skips_the_model_registry_but_still_validates_the_dataset() -> None:
+    import subprocess
+    import sys
+
+    # A fresh interpreter: the preprocessing CLI's config load must not pay for importing torch/torchrec.
+    code = ("import sys; from dlf_torchrec.config import load_config; "
+            "cfg = load_config('configs/criteo/dcnv2.yaml', validate_model=False); "
+            "print(cfg.dataset.name, cfg.model, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out[1:] == ["None", "False"] and out[0].startswith("criteo")
+    with pytest.raises(ConfigError, match="dataset.min_cont"):
+        build_config({"dataset": {"min_cont": 3}, "model": {"name": "no_such_model"}}, validate_model=False)

@@ -71,7 +71,9 @@ def _sharded_equals_unsharded(sharding_type: str) -> float:
     return float((logits - expected).abs().max())
 
 
-@pytest.mark.parametrize("sharding_type", ["table_wise", "column_wise", "row_wise"])
+@pytest.mark.parametrize(
+    "sharding_type", ["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise", "grid_shard"]
+)
 def test_sharded_forward_equals_unsharded(sharding_type: str, tmp_path) -> None:
     diffs = run_ranks(_sharded_equals_unsharded, 2, str(tmp_path), sharding_type)
     assert max(diffs) < 1e-6, diffs

@@ -710,7 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: auto)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. dataset.min_count=10")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, [o if "." in o.split("=")[0] else f"dataset.{o}" for o in args.overrides])
+    # Only the dataset section matters here; the model section is the trainer's to validate.
+    cfg = load_config(args.config, [o if "." in o.split("=")[0] else f"dataset.{o}" for o in args.overrides],
+                      validate_model=False)
     ds = cfg.dataset
     if args.force and os.path.exists(os.path.join(ds.output_dir, META_FILE)):
         os.remove(os.path.join(ds.output_dir, META_FILE))
