@@ -146,3 +146,18 @@ def test_allocator_quick_files_and_columns(tmp_path: os.PathLike) -> None:
             assert int(r[f"{alloc}_minor_faults_per_step"]) >= 0
         ratio = float(r["tuned_samples_per_s"]) / float(r["default_samples_per_s"])
         assert float(r["ratio_tuned_vs_default"]) == pytest.approx(ratio, abs=0.01)
+
+
+@pytest.mark.slow
+def test_flops_quick_counts_a_dlf_model(tmp_path: os.PathLike) -> None:
+    import flops
+
+    _run("flops.py", "--quick", "--out", str(tmp_path))
+    stamp, rows = common.read_csv(os.path.join(tmp_path, "flops.csv"))
+    _check_stamp(stamp)
+    assert list(rows[0]) == list(flops.COLUMNS) and len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "ok", row
+    # Backward costs about twice the forward (two matmuls per forward matmul), so fwd+bwd is ~3x fwd.
+    assert 2.5 < float(row["mflop_per_sample_fwd_bwd"]) / float(row["mflop_per_sample_fwd"]) < 3.5
+    assert int(row["params"]) > 1_000_000
