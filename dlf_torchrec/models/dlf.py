@@ -52,7 +52,7 @@ from dlf_torchrec.models.registry import register_over_arch
 
 @dataclass
 class DLFConfig:
-    # authors: the released code (MODELS.md 1.4; better on Frappe in benchmarks/results/quality_dlf.md); paper: our reading.
+    # authors: the released code (MODELS.md 1.4; better on Frappe, benchmarks/results/); paper: our reading.
     form: Literal["paper", "authors"] = "authors"
     # L stacked DLF layers (authors' code 3, paper Fig. 4 best 8).
     num_layers: int = 3
