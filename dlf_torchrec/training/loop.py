@@ -78,6 +78,10 @@ class Trainer:
         self.optimizer = build_optimizer(dmp, cfg.optimizer.dense, cfg.optimizer.grad_clip_norm)
         self.pipeline = TrainPipelineSparseDist(dmp, self.optimizer, ctx.device)
         self.state = TrainerState()
+        # True while the weights in memory are exactly the best checkpoint's (saved after an improving evaluation,
+        # no training step since): the final valid metrics are then the recorded ones, without re-reading and
+        # re-evaluating (a full validation pass saved per run).
+        self._weights_are_best = False
         self.checkpoint_dir = os.path.join(tr.output_dir, "checkpoints")
         self.log = MetricsLog(os.path.join(tr.output_dir, "metrics.jsonl"), ctx.is_main)
 
@@ -142,6 +146,7 @@ class Trainer:
         if improved:
             st.best_score, st.best_metrics, st.bad_evals = score, dict(metrics), 0
             ckpt.save_checkpoint(os.path.join(self.checkpoint_dir, "best"), self.dmp, self.optimizer, asdict(st))
+            self._weights_are_best = True
         else:
             st.bad_evals += 1
             lrs = scale_learning_rates(self.optimizer, tr.lr_decay_factor, tr.min_lr)
@@ -169,6 +174,7 @@ class Trainer:
                 loss, _, labels = self.pipeline.progress(iterator)
             except StopIteration:
                 break
+            self._weights_are_best = False
             st.global_step += 1
             st.batch_in_epoch += 1
             value = float(loss)
@@ -203,8 +209,11 @@ class Trainer:
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
             self._save_periodic()
         self.pipeline.detach()
-        ckpt.load_checkpoint(os.path.join(self.checkpoint_dir, "best"), self.dmp)
-        results = {"valid": self.evaluate("valid")}
+        if self._weights_are_best:
+            results = {"valid": dict(st.best_metrics)}
+        else:
+            ckpt.load_checkpoint(os.path.join(self.checkpoint_dir, "best"), self.dmp)
+            results = {"valid": self.evaluate("valid")}
         test = self.meta.splits.get("test")
         if tr.evaluate_test and test is not None and test.rows > 0:
             results["test"] = self.evaluate("test")
