@@ -47,6 +47,8 @@ class TrainerState:
     global_step: int = 0
     best_score: float = -math.inf
     best_metrics: dict[str, float] = field(default_factory=dict)
+    # global_step of the best checkpoint's weights (-1: none yet).
+    best_step: int = -1
     bad_evals: int = 0
     stopped_early: bool = False
 
@@ -78,10 +80,6 @@ class Trainer:
         self.optimizer = build_optimizer(dmp, cfg.optimizer.dense, cfg.optimizer.grad_clip_norm)
         self.pipeline = TrainPipelineSparseDist(dmp, self.optimizer, ctx.device)
         self.state = TrainerState()
-        # True while the weights in memory are exactly the best checkpoint's (saved after an improving evaluation,
-        # no training step since): the final valid metrics are then the recorded ones, without re-reading and
-        # re-evaluating (a full validation pass saved per run).
-        self._weights_are_best = False
         self.checkpoint_dir = os.path.join(tr.output_dir, "checkpoints")
         self.log = MetricsLog(os.path.join(tr.output_dir, "metrics.jsonl"), ctx.is_main)
 
@@ -144,9 +142,8 @@ class Trainer:
         score = self._score(metrics)
         improved = score > st.best_score
         if improved:
-            st.best_score, st.best_metrics, st.bad_evals = score, dict(metrics), 0
+            st.best_score, st.best_metrics, st.best_step, st.bad_evals = score, dict(metrics), st.global_step, 0
             ckpt.save_checkpoint(os.path.join(self.checkpoint_dir, "best"), self.dmp, self.optimizer, asdict(st))
-            self._weights_are_best = True
         else:
             st.bad_evals += 1
             lrs = scale_learning_rates(self.optimizer, tr.lr_decay_factor, tr.min_lr)
@@ -174,7 +171,6 @@ class Trainer:
                 loss, _, labels = self.pipeline.progress(iterator)
             except StopIteration:
                 break
-            self._weights_are_best = False
             st.global_step += 1
             st.batch_in_epoch += 1
             value = float(loss)
@@ -209,7 +205,9 @@ class Trainer:
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
             self._save_periodic()
         self.pipeline.detach()
-        if self._weights_are_best:
+        if st.best_step == st.global_step:
+            # The weights in memory are the best checkpoint's (no step since it was saved): its recorded valid
+            # metrics stand, without re-reading it and a second validation pass.
             results = {"valid": dict(st.best_metrics)}
         else:
             ckpt.load_checkpoint(os.path.join(self.checkpoint_dir, "best"), self.dmp)
