@@ -34,7 +34,6 @@ def model_flops(config: str, overrides: list[str], batch: int) -> tuple[float, f
     """(forward MFLOP / sample, forward + backward MFLOP / sample, parameter count) of one config's model."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from dlf_torchrec.config import load_config
     from dlf_torchrec.data.meta import DatasetMeta
@@ -47,12 +46,9 @@ def model_flops(config: str, overrides: list[str], batch: int) -> tuple[float, f
     torch.manual_seed(2019)
     model = build_model(cfg.model_name, spec, cfg.features.embedding_dim, cfg.features.init_std, cfg.model)
     model.train()
-    ids = torch.stack([torch.randint(1, max(2, f.vocab_size - 1), (batch,)) for f in spec.categorical])
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=spec.categorical_names, values=ids.flatten(),
-                                              lengths=torch.ones(ids.numel(), dtype=torch.int32))
-    dense = torch.rand(batch, len(spec.dense))
+    inputs = quality.random_batch(spec, batch, torch.Generator().manual_seed(2019))
     with FlopCounterMode(display=False) as forward_counter:
-        logits = model(dense, kjt).logits
+        logits = model(inputs.dense_features, inputs.sparse_features).logits
     with FlopCounterMode(display=False) as backward_counter:
         logits.float().sum().backward()
     forward = forward_counter.get_total_flops() / batch / 1e6

@@ -251,6 +251,22 @@ def run_one(row: Row, seed: int, epochs: int, work_dir: str, timeout: float, qui
 
 
 # ------------------------------------------------------------------------------------------------------- throughput
+def random_batch(spec: Any, batch_size: int, generator: Any) -> Any:
+    """A torchrec ``Batch`` on ``spec`` (a FeatureSpec): one uniform random id per field (never PAD or OOV),
+    uniform dense features, ~30% positive labels."""
+    import torch
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    ids = torch.stack([torch.randint(1, max(2, f.vocab_size - 1), (batch_size,), generator=generator)
+                       for f in spec.categorical])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=spec.categorical_names, values=ids.flatten(),
+                                              lengths=torch.ones(ids.numel(), dtype=torch.int32))
+    dense = torch.rand(batch_size, len(spec.dense), generator=generator)
+    labels = (torch.rand(batch_size, generator=generator) < 0.3).float()
+    return Batch(dense_features=dense, sparse_features=kjt, labels=labels)
+
+
 def _throughput_worker(spec_path: str, out_path: str) -> int:
     """Subprocess entry: time fwd+bwd+optimiser at the given batch for each (label, config, overrides).
 
@@ -271,9 +287,7 @@ def _throughput_worker(spec_path: str, out_path: str) -> int:
 
     import throughput
     import torch
-    from torchrec.datasets.utils import Batch
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from dlf_torchrec.config import ShardingConfig, load_config
     from dlf_torchrec.data.meta import DatasetMeta
@@ -298,16 +312,7 @@ def _throughput_worker(spec_path: str, out_path: str) -> int:
                 meta = DatasetMeta.load(cfg.dataset.output_dir)
                 fspec = meta.feature_spec
                 gen = torch.Generator().manual_seed(2019)
-                batches = []
-                for _ in range(settings.num_batches):
-                    ids = torch.stack([torch.randint(1, max(2, f.vocab_size - 1), (batch_size,), generator=gen)
-                                       for f in fspec.categorical])
-                    kjt = KeyedJaggedTensor.from_lengths_sync(
-                        keys=fspec.categorical_names, values=ids.flatten(),
-                        lengths=torch.ones(ids.numel(), dtype=torch.int32))
-                    dense = torch.rand(batch_size, len(fspec.dense), generator=gen)
-                    labels = (torch.rand(batch_size, generator=gen) < 0.3).float()
-                    batches.append(Batch(dense_features=dense, sparse_features=kjt, labels=labels))
+                batches = [random_batch(fspec, batch_size, gen) for _ in range(settings.num_batches)]
                 torch.manual_seed(2019)
                 model = build_model(cfg.model_name, fspec, cfg.features.embedding_dim, cfg.features.init_std,
                                     cfg.model, device=torch.device("meta"))
