@@ -287,14 +287,12 @@ def _throughput_worker(spec_path: str, out_path: str) -> int:
 
     import throughput
     import torch
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-    from dlf_torchrec.config import ShardingConfig, load_config
+    from dlf_torchrec.config import load_config
     from dlf_torchrec.data.meta import DatasetMeta
     from dlf_torchrec.data.preprocess import ensure_preprocessed
-    from dlf_torchrec.models.registry import build_model
-    from dlf_torchrec.parallel import init_distributed, shard_model, shutdown_distributed
-    from dlf_torchrec.training.task import TrainTask, build_optimizer
+    from dlf_torchrec.parallel import init_distributed, shutdown_distributed
+    from dlf_torchrec.training.stack import build_training_stack
 
     warnings.filterwarnings("ignore")
     for name in ("torchrec", ""):
@@ -307,19 +305,16 @@ def _throughput_worker(spec_path: str, out_path: str) -> int:
         for job in spec["jobs"]:
             try:
                 cfg = load_config(os.path.join(common.REPO_ROOT, job["config"]),
-                                  [*job["overrides"], f"training.batch_size={batch_size}", "dataset.progress=false"])
+                                  [*job["overrides"], f"training.batch_size={batch_size}", "dataset.progress=false",
+                                   "sharding.type=table_wise"])
                 ensure_preprocessed(cfg.dataset)
                 meta = DatasetMeta.load(cfg.dataset.output_dir)
                 fspec = meta.feature_spec
                 gen = torch.Generator().manual_seed(2019)
                 batches = [random_batch(fspec, batch_size, gen) for _ in range(settings.num_batches)]
                 torch.manual_seed(2019)
-                model = build_model(cfg.model_name, fspec, cfg.features.embedding_dim, cfg.features.init_std,
-                                    cfg.model, device=torch.device("meta"))
-                dmp = shard_model(TrainTask(model), ctx, ShardingConfig(type="table_wise"), cfg.optimizer.sparse,
-                                  batch_size)
-                optimizer = build_optimizer(dmp, cfg.optimizer.dense, cfg.optimizer.grad_clip_norm)
-                pipeline = TrainPipelineSparseDist(dmp, optimizer, ctx.device)
+                stack = build_training_stack(cfg, ctx, fspec)
+                dmp, pipeline = stack.dmp, stack.pipeline
                 dmp.train()
                 cycle = iter(batches * 10_000)
                 common.reset_peak_rss()

@@ -223,21 +223,18 @@ def _time_steps(step: Any, settings: Settings, world_size: int) -> tuple[list[fl
 
 def _run_fused(job: Job, settings: Settings, ctx: Any, spec: Any, batches: list[Any]) -> tuple[list[float], int]:
     import torch
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-    from dlf_torchrec.config import ShardingConfig, SparseOptimizerConfig, build_config
-    from dlf_torchrec.models.registry import build_model
-    from dlf_torchrec.parallel import shard_model
-    from dlf_torchrec.training.task import TrainTask, build_optimizer
+    from dlf_torchrec.config import build_config
+    from dlf_torchrec.training.stack import build_training_stack
 
-    cfg = build_config({"model": {"name": job.model}})
+    raw: dict[str, Any] = {"model": {"name": job.model}, "features": {"embedding_dim": settings.embedding_dim},
+                           "sharding": {"type": job.sharding}, "training": {"batch_size": job.batch_size}}
+    if job.sharding == "data_parallel":  # replicated tables are trained by a torch optimiser (the dense kernel)
+        raw["optimizer"] = {"sparse": {"name": "adam", "lr": 1e-3, "kernel": "dense"}}
+    cfg = build_config(raw)
     torch.manual_seed(settings.seed)
-    model = build_model(job.model, spec, settings.embedding_dim, cfg.features.init_std, cfg.model,
-                        device=torch.device("meta"))
-    dmp = shard_model(TrainTask(model), ctx, ShardingConfig(type=job.sharding), SparseOptimizerConfig(),
-                      job.batch_size // job.world_size)
-    optimizer = build_optimizer(dmp, cfg.optimizer.dense, cfg.optimizer.grad_clip_norm)
-    pipeline = TrainPipelineSparseDist(dmp, optimizer, ctx.device)
+    stack = build_training_stack(cfg, ctx, spec)
+    dmp, pipeline = stack.dmp, stack.pipeline
     dmp.train()
     data = itertools.cycle(batches)
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -84,6 +85,10 @@ class DenseOptimizerConfig:
     weight_decay: float = 0.0
 
 
+# Table optimisers that also exist as torch optimisers (what trains a table on the dense kernel).
+DENSE_KERNEL_OPTIMIZERS = ("adam", "adagrad", "sgd")
+
+
 @dataclass
 class SparseOptimizerConfig:
     # Fused FBGEMM optimisers. On CPU only rowwise_adagrad, adagrad and sgd exist; adam needs CUDA kernels.
@@ -91,6 +96,14 @@ class SparseOptimizerConfig:
     lr: float = 0.05
     eps: float = 1e-8
     weight_decay: float = 0.0
+    # Which kernel trains each table (docs/training.md, "Embedding optimisers"):
+    #   fused: FBGEMM table-batched kernel, sharded by the planner, updated inside backward (only the rows looked
+    #          up in the batch change); scales to tables of any size.
+    #   dense: the table is replicated (data_parallel) and trained by the torch optimiser of the same name, every
+    #          row every step (FuxiCTR's semantics: Adam moments of unseen rows decay too). For small tables.
+    #   auto:  dense for tables with at most dense_max_rows rows, fused above.
+    kernel: Literal["fused", "dense", "auto"] = "fused"
+    dense_max_rows: int = 100_000
 
 
 @dataclass
@@ -99,6 +112,13 @@ class OptimizerConfig:
     sparse: SparseOptimizerConfig = field(default_factory=SparseOptimizerConfig)
     # Clip the global grad norm of the dense parameters (FuxiCTR uses 10); 0 disables.
     grad_clip_norm: float = 10.0
+    # Embedding L2 for every model (FuxiCTR's embedding_regularizer): penalty lambda/2 * ||E||^2.
+    embedding_regularizer: float = 0.0
+    #   table: whole tables every step, exactly FuxiCTR's form; needs every table on the dense kernel (applied as
+    #          the table optimiser's L2 weight decay, i.e. gradient + lambda * E on every row).
+    #   batch: lambda/2 * the squared pooled rows of each sample in the batch (any kernel; a row gets its decay only
+    #          when looked up, once per sample that looks it up).
+    embedding_regularizer_mode: Literal["table", "batch"] = "table"
 
 
 ShardingType = Literal[
@@ -119,8 +139,9 @@ class TrainingConfig:
     epochs: int = 10
     # Evaluate every N training steps as well as at each epoch end; 0 = only at epoch ends.
     eval_every_steps: int = 0
-    # Monitor = sum(weight * metric) over {auc, logloss}; FuxiCTR's DLF setting is AUC - logloss.
-    monitor: dict[str, float] = field(default_factory=lambda: {"auc": 1.0, "logloss": -1.0})
+    # Monitor = sum(weight * metric) over {auc, logloss}. AUC alone is the BARS setting; {auc: 1, logloss: -1}
+    # (FuxiCTR's DLF config) stops runs earlier once logloss rises while AUC still improves.
+    monitor: dict[str, float] = field(default_factory=lambda: {"auc": 1.0})
     early_stop_patience: int = 2
     # On each non-improving evaluation every learning rate (dense and fused sparse) is multiplied by this.
     lr_decay_factor: float = 0.1
@@ -310,6 +331,24 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"training.monitor: keys must be among auc, logloss; got {sorted(tr.monitor)}")
     if not 0.0 < tr.lr_decay_factor <= 1.0:
         raise ConfigError(f"training.lr_decay_factor: must be in (0, 1], got {tr.lr_decay_factor}")
+    opt = cfg.optimizer
+    if opt.embedding_regularizer < 0:
+        raise ConfigError(f"optimizer.embedding_regularizer: must be >= 0, got {opt.embedding_regularizer}")
+    if opt.embedding_regularizer > 0 and opt.embedding_regularizer_mode == "table" and opt.sparse.kernel == "fused":
+        raise ConfigError(
+            "optimizer.embedding_regularizer_mode: 'table' (whole-table L2 every step) needs tables trained by a "
+            "torch optimiser; set optimizer.sparse.kernel: dense (or auto), or embedding_regularizer_mode: batch "
+            "for fused tables")
+    if opt.sparse.kernel != "fused" and opt.sparse.name not in DENSE_KERNEL_OPTIMIZERS:
+        raise ConfigError(
+            f"optimizer.sparse.name: '{opt.sparse.name}' has no torch (dense-kernel) implementation; with "
+            f"optimizer.sparse.kernel: {opt.sparse.kernel} use one of {', '.join(DENSE_KERNEL_OPTIMIZERS)}")
+    if cfg.sharding.type == "data_parallel" and opt.sparse.kernel != "dense":
+        raise ConfigError(
+            "sharding.type: 'data_parallel' replicates every table on the dense kernel; set "
+            f"optimizer.sparse.kernel: dense with a torch optimiser ({', '.join(DENSE_KERNEL_OPTIMIZERS)})")
+    if opt.sparse.dense_max_rows < 0:
+        raise ConfigError(f"optimizer.sparse.dense_max_rows: must be >= 0, got {opt.sparse.dense_max_rows}")
     if cfg.features.init_std <= 0:
         raise ConfigError(f"features.init_std: must be > 0, got {cfg.features.init_std}")
     # Model configs that depend on the embedding size (e.g. TF4CTR SER needs an even d) check it here.
@@ -360,18 +399,94 @@ def build_config(
     return cfg
 
 
-def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None, validate_model: bool = True
-) -> ExperimentConfig:
-    """Load and validate an experiment YAML (the synthetic default when ``path`` is None); see :func:`build_config`."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``top`` over ``base``: mappings merge key by key, anything else replaces. A ``model`` section naming
+    another model replaces the base's model section whole (its keys belong to another config class)."""
+    out = dict(base)
+    for key, value in top.items():
+        old = out.get(key)
+        same_model = key != "model" or not isinstance(old, dict) or not isinstance(value, dict) \
+            or value.get("name", old.get("name")) == old.get("name")
+        out[key] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) and same_model else value
+    return out
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        keys.extend(_leaves(value, full) if isinstance(value, dict) and value else [full])
+    return keys
+
+
+def read_config_tree(path: Path, origins: dict[str, str] | None = None, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read an experiment YAML with its ``defaults:`` includes resolved.
+
+    ``defaults: [base.yaml, ...]`` (paths relative to the including file) are read first, in order, each with its
+    own includes, and merged; the file's own keys are merged last. ``origins`` (if given) receives, for every leaf
+    key, the file that set it last (for error messages).
+    """
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: defaults: include cycle ({' -> '.join(str(p) for p in (*_seen, path))})")
     if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{_seen[-1] if _seen else 'config'}: file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    cfg = build_config(raw, str(path), overrides, validate_model)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    includes = raw.pop("defaults", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: defaults: expected a list of YAML paths, got {includes!r}")
+    tree: dict[str, Any] = {}
+    for include in includes:
+        tree = _merge(tree, read_config_tree(path.parent / include, origins, (*_seen, path)))
+    if origins is not None:
+        origins.update({key: str(path) for key in _leaves(raw)})
+    return _merge(tree, raw)
+
+
+def _origin(message: str, origins: dict[str, str]) -> str | None:
+    """The file that set the key an error message starts with ("unknown key 'a.b'", "a.b[0]: ...")."""
+    match = re.match(r"(?:unknown key ')?([A-Za-z_][\w.]*)", message)
+    if not match:
+        return None
+    key = match.group(1)
+    while key:
+        if key in origins:
+            return origins[key]
+        found = [f for k, f in origins.items() if k.startswith(key + ".")]
+        if len(set(found)) == 1:
+            return found[0]
+        key = key.rpartition(".")[0]
+    return None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None, validate_model: bool = True
+) -> ExperimentConfig:
+    """Load and validate an experiment YAML (the synthetic default when ``path`` is None); see :func:`build_config`.
+
+    Includes (``defaults:``) are merged first; a config error names the file that set the offending key.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    origins: dict[str, str] = {}
+    raw = read_config_tree(path, origins)
+    try:
+        cfg = build_config(raw, str(path), overrides, validate_model)
+    except ConfigError as e:
+        message = str(e).removeprefix(f"{path}: ")
+        origin = _origin(message, origins)
+        if origin is None or Path(origin) == path.resolve():
+            raise
+        raise ConfigError(f"{origin} (included by {path}): {message}") from None
     if isinstance(cfg.dataset.schema, str) and not os.path.isabs(cfg.dataset.schema):
-        cfg.dataset.schema = str((path.parent / cfg.dataset.schema).resolve())
+        schema_origin = Path(origins.get("dataset.schema", str(path)))
+        cfg.dataset.schema = str((schema_origin.parent / cfg.dataset.schema).resolve())
     return cfg

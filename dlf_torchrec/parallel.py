@@ -105,13 +105,25 @@ def fused_params(opt: SparseOptimizerConfig, device: torch.device) -> dict[str, 
     return params
 
 
-def _table_names(model: nn.Module) -> list[str]:
-    return [
-        cfg.name
+def table_rows(model: nn.Module) -> dict[str, int]:
+    """Table name -> number of rows, for every EmbeddingBagCollection in ``model``."""
+    return {
+        cfg.name: cfg.num_embeddings
         for m in model.modules()
         if isinstance(m, EmbeddingBagCollection)
         for cfg in m.embedding_bag_configs()
-    ]
+    }
+
+
+def dense_kernel_tables(model: nn.Module, opt: SparseOptimizerConfig, sharding: ShardingConfig) -> set[str]:
+    """Tables trained by a torch optimiser on the dense kernel (``optimizer.sparse.kernel``, or every table with
+    ``sharding.type: data_parallel``); the rest are fused."""
+    tables = table_rows(model)
+    if sharding.type == "data_parallel" or opt.kernel == "dense":
+        return set(tables)
+    if opt.kernel == "fused":
+        return set()
+    return {name for name, rows in tables.items() if rows <= opt.dense_max_rows}
 
 
 def plan_sharding(
@@ -120,26 +132,29 @@ def plan_sharding(
     sharding: ShardingConfig,
     sharders: list[Any],
     batch_size_per_rank: int,
+    dense_tables: set[str] | None = None,
 ) -> ShardingPlan:
-    """Plan with the EmbeddingShardingPlanner; a forced type constrains every table to it."""
+    """Plan with the EmbeddingShardingPlanner.
+
+    ``dense_tables`` are replicated (data_parallel, dense kernel: trained by a torch optimiser); a forced
+    ``sharding.type`` constrains every other table to it; "auto" lets the planner choose among the fused types.
+    """
     topology = Topology(
         world_size=ctx.world_size,
         local_world_size=ctx.local_world_size,
         compute_device=ctx.device.type,
     )
+    dense_tables = dense_tables or set()
+    data_parallel = ParameterConstraints(sharding_types=[ShardingType.DATA_PARALLEL.value], compute_kernels=["dense"])
     if sharding.type != "auto":
         kernel = ["dense"] if sharding.type == "data_parallel" else None
-        constraints = {
-            name: ParameterConstraints(sharding_types=[sharding.type], compute_kernels=kernel)
-            for name in _table_names(model)
-        }
-    elif ctx.device.type == "cpu":
-        # On CPU, data_parallel tables use the dense kernel (an order of magnitude slower, STACK.md) and would be
-        # trained by the dense optimiser instead of the fused sparse one: "auto" plans among the fused types only.
-        fused_types = [t.value for t in ShardingType if t.value != ShardingType.DATA_PARALLEL.value]
-        constraints = {name: ParameterConstraints(sharding_types=fused_types) for name in _table_names(model)}
+        forced = ParameterConstraints(sharding_types=[sharding.type], compute_kernels=kernel)
     else:
-        constraints = None
+        # data_parallel tables use the dense kernel (an order of magnitude slower on CPU, STACK.md) and are trained by
+        # a torch optimiser instead of the fused one: they are chosen by optimizer.sparse.kernel, never by the planner.
+        fused_types = [t.value for t in ShardingType if t.value != ShardingType.DATA_PARALLEL.value]
+        forced = ParameterConstraints(sharding_types=fused_types)
+    constraints = {name: data_parallel if name in dense_tables else forced for name in table_rows(model)}
     planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size_per_rank, constraints=constraints)
     pg = dist.GroupMember.WORLD
     assert pg is not None, "init_distributed() must run first"
@@ -153,10 +168,14 @@ def shard_model(
     sparse_optimizer: SparseOptimizerConfig,
     batch_size_per_rank: int,
 ) -> DistributedModelParallel:
-    """Shard the EmbeddingBagCollections of ``model`` (fused optimiser inside) and wrap the rest in DDP."""
-    sharders: list[Any] = [AllTypesEmbeddingBagCollectionSharder(fused_params=fused_params(sparse_optimizer,
-                                                                                          ctx.device))]
-    plan = plan_sharding(model, ctx, sharding, sharders, batch_size_per_rank)
+    """Shard the EmbeddingBagCollections of ``model`` (fused optimiser inside) and wrap the rest in DDP.
+
+    Tables on the dense kernel (see :func:`dense_kernel_tables`) are replicated and left to a torch optimiser.
+    """
+    dense_tables = dense_kernel_tables(model, sparse_optimizer, sharding)
+    fused = fused_params(sparse_optimizer, ctx.device) if len(dense_tables) < len(table_rows(model)) else {}
+    sharders: list[Any] = [AllTypesEmbeddingBagCollectionSharder(fused_params=fused)]
+    plan = plan_sharding(model, ctx, sharding, sharders, batch_size_per_rank, dense_tables)
     return DistributedModelParallel(
         module=model,
         env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),

@@ -24,24 +24,21 @@ import json  # noqa: E402
 import os  # noqa: E402
 import warnings  # noqa: E402
 
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import yaml  # noqa: E402
 
 from dlf_torchrec.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from dlf_torchrec.data.meta import DatasetMeta  # noqa: E402
 from dlf_torchrec.data.preprocess import ensure_preprocessed  # noqa: E402
-from dlf_torchrec.models.registry import build_model  # noqa: E402
 from dlf_torchrec.parallel import (  # noqa: E402
     DistContext,
     describe_plan,
     init_distributed,
-    shard_model,
     shutdown_distributed,
 )
 from dlf_torchrec.training.allocator import configure_cpu_allocator  # noqa: E402
 from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything  # noqa: E402
-from dlf_torchrec.training.task import TrainTask  # noqa: E402
+from dlf_torchrec.training.stack import build_training_stack  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,22 +63,13 @@ def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
     return cfg.dataset.output_dir
 
 
-def build_sharded_model(cfg: ExperimentConfig, ctx: DistContext, meta: DatasetMeta) -> torch.nn.Module:
-    model = build_model(cfg.model_name, meta.feature_spec, cfg.features.embedding_dim, cfg.features.init_std,
-                        cfg.model, device=torch.device("meta"))
-    task: torch.nn.Module = TrainTask(model)
-    if cfg.training.sync_batchnorm:
-        task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
-    return shard_model(task, ctx, cfg.sharding, cfg.optimizer.sparse, cfg.training.batch_size // ctx.world_size)
-
-
 def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
     configure_cpu_allocator(cfg.training.cpu_allocator)
     ctx = init_distributed(cfg.training.device)
     seed_everything(cfg.training.seed)
     data_dir = prepare_data(cfg, ctx)
     meta = DatasetMeta.load(data_dir)
-    dmp = build_sharded_model(cfg, ctx, meta)
+    stack = build_training_stack(cfg, ctx, meta.feature_spec)
     tr = cfg.training
     if ctx.is_main:
         os.makedirs(tr.output_dir, exist_ok=True)
@@ -91,8 +79,8 @@ def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
               f"{sum(f.vocab_size for f in meta.categorical):,} embedding rows, world size {ctx.world_size} "
               f"({ctx.backend}), rows train/valid/test = "
               + "/".join(str(meta.splits[s].rows) if s in meta.splits else "-" for s in ("train", "valid", "test")))
-        print(f"[dlf_torchrec] sharding plan: {describe_plan(dmp)}")
-    results = Trainer(cfg, ctx, dmp, data_dir).fit()
+        print(f"[dlf_torchrec] sharding plan: {describe_plan(stack.dmp)}")
+    results = Trainer(cfg, ctx, stack, data_dir).fit()
     if ctx.is_main:
         with open(os.path.join(tr.output_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
@@ -112,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(cfg)
+    except ConfigError as e:  # checks that need the data (e.g. table sizes against the embedding optimiser)
+        shutdown_distributed()
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as e:  # the message names the step and where the last good checkpoint is
         print(f"training stopped: {e}", file=sys.stderr)
         return 1

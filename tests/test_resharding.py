@@ -49,7 +49,7 @@ def _build(sharding_type: str):
     torch.manual_seed(0)
     model = build_model("dcnv2", META.feature_spec, DIM, cfg.features.init_std, cfg.model, device=torch.device("meta"))
     dmp = shard_model(TrainTask(model), ctx, ShardingConfig(type=sharding_type), SparseOptimizerConfig(), BATCH)
-    return ctx, cfg, dmp, build_optimizer(dmp, cfg.optimizer.dense, 10.0)
+    return ctx, cfg, dmp, build_optimizer(dmp, cfg.optimizer)
 
 
 @torch.no_grad()

@@ -85,7 +85,7 @@ def _checkpoint_round_trip(ckpt_dir: str) -> list[float]:
     torch.manual_seed(0)
     dmp = shard_model(TrainTask(build_model("dcnv2", SPEC, DIM, 0.1, cfg.model, device=torch.device("meta"))),
                       ctx, ShardingConfig(type="table_wise"), SparseOptimizerConfig(), BATCH_PER_RANK)
-    optimizer = build_optimizer(dmp, cfg.optimizer.dense, 10.0)
+    optimizer = build_optimizer(dmp, cfg.optimizer)
     batches = [b[ctx.rank] for b in (_global_batch(s, ctx.world_size) for s in range(4))]
 
     def step(batch: Batch) -> float:

@@ -26,8 +26,10 @@ def _model_cfg(**model: Any) -> Any:
     return build_config({"model": {"name": "tf4ctr", **SMALL, **model}}).model
 
 
-def _build(dim: int = DIM, **model: Any) -> TF4CTR:
-    return build_model("tf4ctr", SPEC, dim, 1e-4, _model_cfg(**model))
+def _build(dim: int = DIM, batch_l2: float = 0.0, **model: Any) -> TF4CTR:
+    built = build_model("tf4ctr", SPEC, dim, 1e-4, _model_cfg(**model))
+    built.batch_l2 = batch_l2  # optimizer.embedding_regularizer with embedding_regularizer_mode: batch
+    return built
 
 
 def _batch(seed: int = 0) -> tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor]:
@@ -44,7 +46,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor
 @pytest.mark.parametrize("dfm", ["wsf", "vf", "cf", "moef", "sum"])
 @pytest.mark.parametrize("ssem", ["ser", "gm", "moe", "share"])
 def test_every_ssem_dfm_trains_a_step(ssem: str, dfm: str) -> None:
-    model = _build(ssem=ssem, dfm=dfm, embedding_regularizer=1e-2)
+    model = _build(ssem=ssem, dfm=dfm, batch_l2=1e-2)
     dense, sparse, labels = _batch()
     out = model(dense, sparse)
     assert out.logits.shape == (BATCH,)
@@ -102,7 +104,7 @@ def test_wsf_starts_at_half_weights_and_sum_is_z_s_plus_z_c() -> None:
 def test_loss_is_bce_plus_twin_focus_plus_regulariser() -> None:
     from dlf_torchrec.models.losses import bce_with_logits, twin_focus_loss
 
-    model = _build(embedding_regularizer=0.1, alpha=0.35, c=0.9, gamma=1.0)
+    model = _build(batch_l2=0.1, alpha=0.35, c=0.9, gamma=1.0)
     dense, sparse, labels = _batch()
     out = model(dense, sparse)
     want = (
@@ -118,7 +120,7 @@ def test_loss_is_bce_plus_twin_focus_plus_regulariser() -> None:
 
 def test_batch_regulariser_value() -> None:
     lam = 0.1
-    model = _build(ssem="ser", embedding_regularizer=lam)
+    model = _build(ssem="ser", batch_l2=lam)
     dense, sparse, _ = _batch()
     reg = model(dense, sparse).aux["emb_reg"].sum()
     want = torch.zeros(())
@@ -163,8 +165,6 @@ def test_config_errors_name_the_key() -> None:
     assert "complex_encoder.name" in _error(complex_encoder={"name": "nope"})
     assert "complex_encoder.name" in _error(complex_encoder={"num_cross_layers": 2})
     assert "alpha" in _error(alpha=1.5)
-    msg = _error(regularizer_mode="table", embedding_regularizer=0.1)
-    assert "regularizer_mode" in msg and "optimizer.sparse.weight_decay" in msg
 
 
 def test_odd_embedding_dim_with_ser_names_the_key() -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dlf_torchrec.models.layers import MLP, CrossNetV2, check_mlp_config
+from dlf_torchrec.models.layers import MLP, CrossNetV2, check_mlp_config, init_linear_
 from dlf_torchrec.models.registry import register_over_arch
 
 
@@ -42,6 +42,7 @@ class DCNv2(nn.Module):
         self.deep = MLP(width, cfg.hidden_units, None, cfg.batch_norm, cfg.dropout, cfg.activation)
         self.out_features = self.deep.out_features + (width if cfg.structure == "parallel" else 0)
         self.head = nn.Linear(self.out_features, 1)
+        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         x0 = tokens.flatten(1)

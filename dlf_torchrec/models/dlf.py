@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from dlf_torchrec.models.attention import MultiHeadSelfAttention, NetworkAwareFusion
-from dlf_torchrec.models.layers import MLP, activation
+from dlf_torchrec.models.layers import MLP, activation, init_linear_
 from dlf_torchrec.models.registry import register_over_arch
 
 
@@ -379,13 +379,9 @@ class DLF(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Model-wide Linear init of the authors' code (FuxiCTR): Xavier-normal weights, zero biases. The custom
-        # token matrices keep their kaiming-uniform init and the gate its neutral 1 - ε.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_normal_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        # Model-wide Linear init of the authors' code (FuxiCTR). The custom token matrices keep their
+        # kaiming-uniform init and the gate its neutral 1 - ε.
+        init_linear_(self)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         e = tokens

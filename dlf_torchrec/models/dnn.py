@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dlf_torchrec.models.layers import MLP, check_mlp_config
+from dlf_torchrec.models.layers import MLP, check_mlp_config, init_linear_
 from dlf_torchrec.models.registry import register_over_arch
 
 
@@ -31,6 +31,7 @@ class DNN(nn.Module):
         self.mlp = MLP(num_fields * embedding_dim, cfg.hidden_units, None, cfg.batch_norm, cfg.dropout, cfg.activation)
         self.out_features = self.mlp.out_features
         self.head = nn.Linear(self.out_features, 1)
+        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.mlp(tokens.flatten(1))

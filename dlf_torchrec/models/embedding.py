@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -85,3 +86,24 @@ class FieldEmbedding(nn.Module):
         if self.dense_tokens is None:
             return tokens
         return torch.cat([self.dense_tokens(dense), tokens], dim=1)
+
+
+def batch_l2_penalty(tokens: Sequence[torch.Tensor], embeddings: Sequence[FieldEmbedding], lam: float) -> torch.Tensor:
+    """Batch-form embedding L2 (``optimizer.embedding_regularizer_mode: batch``), per sample.
+
+    Args:
+        tokens: the field tokens [B, F, d_k] that each module in ``embeddings`` produced for this batch.
+        embeddings: the FieldEmbedding modules, in the same order.
+        lam: the regulariser lambda.
+    Returns:
+        [B] fp32, summing to lambda/2 * (sum of the squared categorical tokens of the batch + ||V_dense||^2 of each
+        module): a row looked up by k samples of the batch is decayed k times; rows absent from the batch not at all.
+    """
+    batch = tokens[0].shape[0]
+    total = torch.zeros(batch, dtype=torch.float32, device=tokens[0].device)
+    for toks, emb in zip(tokens, embeddings, strict=True):
+        num_dense = toks.shape[1] - emb.num_categorical
+        total = total + toks[:, num_dense:].float().pow(2).sum(dim=(1, 2))
+        if emb.dense_tokens is not None:
+            total = total + emb.dense_tokens.weight.float().pow(2).sum() / batch
+    return 0.5 * lam * total

@@ -26,6 +26,16 @@ def activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+def init_linear_(module: nn.Module) -> None:
+    """FuxiCTR's model-wide initialisation: Xavier-normal weights and zero biases for every ``nn.Linear`` inside
+    ``module`` (exact type, as FuxiCTR's ``type(m) in [nn.Linear, ...]``); other parameters keep their own init."""
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class MLP(nn.Sequential):
     """FuxiCTR MLP_Block semantics: per hidden size Linear -> (BatchNorm1d) -> activation -> (Dropout);
     then a plain Linear(->output_dim) when ``output_dim`` is given.

@@ -19,7 +19,8 @@ Deviations from the authors' code, on purpose:
   the spec asks for, not the exact expectation of a Gumbel-softmax sample). Each pi head is sized by its own
   encoder's width (the code sizes both by the simple width, which breaks when the widths differ).
 * Twin Focus loss from logits in fp32 (no -100 log clamp needed); see ``losses.py``.
-* Embedding L2: see ``TF4CTRConfig.regularizer_mode``.
+* Embedding L2 is the trainer's (``optimizer.embedding_regularizer``): whole-table as the tables' weight decay, or the
+  batch form over both table sets (``aux["emb_reg"]``).
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlf_torchrec.data.meta import FeatureSpec
 from dlf_torchrec.models.base import CTRModel, ModelOutput
-from dlf_torchrec.models.embedding import FieldEmbedding
-from dlf_torchrec.models.layers import MLP
+from dlf_torchrec.models.embedding import FieldEmbedding, batch_l2_penalty
+from dlf_torchrec.models.layers import MLP, init_linear_
 from dlf_torchrec.models.losses import bce_with_logits, twin_focus_loss
 from dlf_torchrec.models.registry import register_model
 
 SSEM = Literal["ser", "gm", "moe", "share"]
 DFM = Literal["wsf", "vf", "cf", "moef", "sum"]
-# (easy tokens, hard tokens, raw looked-up token sets for the embedding regulariser)
+# (easy tokens, hard tokens, the raw token sets of ssem.embeddings() for the batch-form embedding L2)
 SSEMOutput = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]
 
 
@@ -66,19 +67,6 @@ class TF4CTRConfig:
     c: float = 0.8
     gamma: float = 2.0
     vf_temperature: float = 0.8
-    # FuxiCTR's embedding_regularizer lambda (penalty lambda/2 * ||E||^2).
-    embedding_regularizer: float = 0.0
-    # batch: lambda/2 * sum of squared looked-up categorical rows in the batch (each sample's pooled field vector:
-    #   the row itself for single-id fields, the pooled sum for multi-id fields) + lambda/2 * ||V||^2 for the
-    #   dense-field vectors (ordinary dense parameters: exact). Works with fused, sharded tables. Differs from
-    #   FuxiCTR: rows absent from the batch get no decay, and a row looked up k times in a batch gets k times the
-    #   gradient.
-    # table: FuxiCTR's whole-table lambda/2 * ||T||^2 every step. Not realisable here: TorchRec's fused optimisers
-    #   update the tables inside the backward kernel, so a whole-table term in the loss never reaches them. Setting
-    #   it with lambda > 0 is a config error pointing to optimizer.sparse.weight_decay (the fused equivalent, which
-    #   decays only the rows in each batch).
-    regularizer_mode: Literal["batch", "table"] = "batch"
-
     def validate(self) -> None:
         for key in ("simple_hidden_units", "complex_hidden_units"):
             units = getattr(self, key)
@@ -94,15 +82,6 @@ class TF4CTRConfig:
             raise ValueError(f"gamma: must be >= 0, got {self.gamma}")
         if self.vf_temperature <= 0:
             raise ValueError(f"vf_temperature: must be > 0, got {self.vf_temperature}")
-        if self.embedding_regularizer < 0:
-            raise ValueError(f"embedding_regularizer: must be >= 0, got {self.embedding_regularizer}")
-        if self.regularizer_mode == "table" and self.embedding_regularizer > 0:
-            raise ValueError(
-                "regularizer_mode: 'table' (FuxiCTR's whole-table lambda/2*||T||^2 every step) cannot be applied "
-                "with TorchRec's fused sparse optimisers, which never see a loss-side gradient for the tables. Use "
-                "regularizer_mode: batch, or set embedding_regularizer: 0 and optimizer.sparse.weight_decay: "
-                f"{self.embedding_regularizer} (fused L2 on the rows of each batch)"
-            )
         self.complex_encoder_config()
 
     def complex_encoder_config(self) -> tuple[str, Any] | None:
@@ -315,6 +294,7 @@ class TF4CTR(CTRModel):
         self.simple_head = nn.Linear(simple_width, 1) if self.has_heads else None
         self.complex_head = nn.Linear(complex_width, 1) if self.has_heads else None
         self.fusion = Fusion(cfg.dfm, simple_width, complex_width, cfg.vf_temperature)
+        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> ModelOutput:
         easy, hard, rows = self.ssem(sparse, dense)
@@ -326,24 +306,9 @@ class TF4CTR(CTRModel):
             z_s, z_c = self.simple_head(he_s), self.complex_head(he_c)
             aux.update(z_s=z_s.squeeze(-1), z_c=z_c.squeeze(-1))
         logits = self.fusion(z_s, z_c, he_s, he_c).squeeze(-1)
-        if self.cfg.embedding_regularizer > 0:
-            aux["emb_reg"] = self._regulariser(rows)
+        if self.training and self.batch_l2 > 0:
+            aux["emb_reg"] = batch_l2_penalty(rows, self.ssem.embeddings(), self.batch_l2)
         return ModelOutput(logits=logits, aux=aux)
-
-    def _regulariser(self, rows: list[torch.Tensor]) -> torch.Tensor:
-        """Batch-mode embedding L2 per sample [B] (sums to the batch penalty; see ``regularizer_mode``).
-
-        Args: rows: the raw field tokens [B, F, d_k] of every table set (before any GM/MoE selection).
-        Returns lambda/2 * (squared categorical rows + ||V_dense||^2 / B for each dense-token module), [B] fp32.
-        """
-        batch = rows[0].shape[0]
-        total = torch.zeros(batch, dtype=torch.float32, device=rows[0].device)
-        for tokens in rows:
-            total = total + tokens[:, self.num_dense :].float().pow(2).sum(dim=(1, 2))
-        for emb in self.ssem.embeddings():
-            if emb.dense_tokens is not None:
-                total = total + emb.dense_tokens.weight.float().pow(2).sum() / batch
-        return 0.5 * self.cfg.embedding_regularizer * total
 
     def loss(self, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         """BCE(z) + L_TF(z_s, z_c) (when loss = twin_focus) + the embedding regulariser, all fp32."""

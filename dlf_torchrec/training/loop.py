@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from torchrec.datasets.utils import Batch
-from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from dlf_torchrec.config import ExperimentConfig
@@ -24,7 +22,8 @@ from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training import checkpoint as ckpt
 from dlf_torchrec.training.metrics import compute_metrics, gather_predictions
-from dlf_torchrec.training.task import build_optimizer, scale_learning_rates
+from dlf_torchrec.training.stack import TrainingStack
+from dlf_torchrec.training.task import scale_learning_rates
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,15 +69,14 @@ class MetricsLog:
 class Trainer:
     """Runs epochs on a sharded model, evaluates, stops early, checkpoints, and restores the best checkpoint."""
 
-    def __init__(self, cfg: ExperimentConfig, ctx: DistContext, dmp: DistributedModelParallel, data_dir: str) -> None:
-        self.cfg, self.ctx, self.dmp, self.data_dir = cfg, ctx, dmp, data_dir
+    def __init__(self, cfg: ExperimentConfig, ctx: DistContext, stack: TrainingStack, data_dir: str) -> None:
+        self.cfg, self.ctx, self.data_dir = cfg, ctx, data_dir
+        self.dmp, self.optimizer, self.pipeline = stack.dmp, stack.optimizer, stack.pipeline
         tr = cfg.training
         if tr.batch_size % ctx.world_size:
             raise ValueError(f"training.batch_size {tr.batch_size} is not divisible by world size {ctx.world_size}")
         self.batch_per_rank = tr.batch_size // ctx.world_size
         self.meta = DatasetMeta.load(data_dir)
-        self.optimizer = build_optimizer(dmp, cfg.optimizer.dense, cfg.optimizer.grad_clip_norm)
-        self.pipeline = TrainPipelineSparseDist(dmp, self.optimizer, ctx.device)
         self.state = TrainerState()
         self.checkpoint_dir = os.path.join(tr.output_dir, "checkpoints")
         self.log = MetricsLog(os.path.join(tr.output_dir, "metrics.jsonl"), ctx.is_main)
