@@ -8,7 +8,7 @@ import pytest
 
 from dlf_torchrec.config import ConfigError, build_config, load_config
 
-CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*/*.yaml"))
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*/*.yaml"))  # bases and includes too
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -76,3 +76,30 @@ def test_dataset_only_loading_skips_the_model_registry_but_still_validates_the_d
     assert out[1:] == ["None", "False"] and out[0].startswith("criteo")
     with pytest.raises(ConfigError, match="dataset.min_cont"):
         build_config({"dataset": {"min_cont": 3}, "model": {"name": "no_such_model"}}, validate_model=False)
+
+
+def test_includes_merge_in_order_and_errors_name_the_including_file(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    data = tmp_path / "shared" / "data.yaml"
+    data.write_text("training: {epochs: 7, batch_size: 64}\nfeatures: {embedding_dim: 8}\n")
+    (tmp_path / "base.yaml").write_text(
+        "defaults: [shared/data.yaml]\ntraining: {batch_size: 128}\nmodel: {name: dcnv2, num_cross_layers: 5}\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("defaults: [base.yaml]\ntraining: {seed: 3}\nmodel: {name: dcnv2, dropout: 0.1}\n")
+    cfg = load_config(exp, ["training.epochs=2"])
+    assert (cfg.training.epochs, cfg.training.batch_size, cfg.training.seed) == (2, 128, 3)
+    assert cfg.features.embedding_dim == 8
+    assert (cfg.model.num_cross_layers, cfg.model.dropout) == (5, 0.1)
+    # Another model replaces the included model section whole (dcnv2's keys are not dnn's).
+    exp.write_text("defaults: [base.yaml]\nmodel: {name: dnn}\n")
+    assert load_config(exp).model_name == "dnn"
+    # A bad value set in an included file is reported with that file's path.
+    (tmp_path / "shared" / "data.yaml").write_text("features: {embedding_dim: big}\n")
+    with pytest.raises(ConfigError, match=r"shared/data.yaml \(included by .*exp.yaml\): features.embedding_dim"):
+        load_config(exp)
+    (tmp_path / "shared" / "data.yaml").write_text("defaults: [../exp.yaml]\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config(exp)
+    exp.write_text("defaults: [missing.yaml]\n")
+    with pytest.raises(ConfigError, match="file not found: .*missing.yaml"):
+        load_config(exp)
