@@ -65,7 +65,7 @@ COLUMNS = (
 QUICK_OVERRIDES = ("dataset.synthetic_rows=3000", "training.epochs=1", "model.hidden_units=[16]",
                    "model.num_cross_layers=1", "training.batch_size=512")
 
-# Published numbers, MODELS.md 3.3: (source + protocol, AUC, logloss or None).
+# Published numbers, docs/models.md#published-numbers: (source + protocol, AUC, logloss or None).
 DLF_PAPER = "DLF paper (d=64, batch 10k, 5-run mean, full data)"
 BARS_X1 = "BARS x1 leaderboard (tuned, d=10, full data)"
 BARS_X4 = "BARS x4_001 (d=16, full data)"
@@ -481,15 +481,16 @@ def write_tables(suite: str, table: list[dict[str, Any]], args: argparse.Namespa
             f"{args.throughput_windows} windows of ~{args.throughput_window_seconds} s (the timing loop of "
             "`throughput.py`)")
     setup += [
-        "- published numbers (MODELS.md 3.3) are references from other protocols (full datasets, other d / batch /"
-        " epochs): not directly comparable, the protocol is named beside each; the Criteo / Avazu rows here are "
-        "10k-row head samples",
+        "- published numbers (docs/models.md#published-numbers) are references from other protocols (full datasets, "
+        "other d / batch / epochs): not directly comparable, the protocol is named beside each; the Criteo / Avazu "
+        "rows here are 10k-row head samples",
         f"- load average at start: {stamp.get('load_average_at_start')} (shared machine: samples/s are indicative)",
     ]
     legend = "\n".join(f"- {code}: {src}" for src, code in CODES.items()
                        if any(code in r["published_short"] for r in table))
     sections = [("Setup", "\n".join(setup)), ("Results", common.markdown_table(md_rows, cols)
-                                             + ("\n\nPublished numbers (MODELS.md 3.3), protocols:\n\n" + legend
+                                             + ("\n\nPublished numbers (docs/models.md#published-numbers), "
+                                                "protocols:\n\n" + legend
                                                 if legend else ""))]
     if notes:
         sections.append(("Rows not run", "\n".join(f"- {n}" for n in notes)))

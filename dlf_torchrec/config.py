@@ -56,7 +56,7 @@ class DatasetConfig:
     split_seed: int = 2018
     # For format csv: path to a YAML schema file (relative to the experiment YAML) or the schema inline.
     schema: dict[str, Any] | str | None = None
-    # Tokens seen fewer than min_count times in train map to the field's OOV id (FuxiCTR rule, MODELS.md 3.1).
+    # Tokens seen fewer than min_count times in train map to the field's OOV id (FuxiCTR rule, docs/data.md#vocabulary).
     min_count: int = 1
     # Criteo I1..I13: "bucketize" -> floor(ln(x)^2) categorical ids (BARS), "dense" -> float features x_j.
     numeric: Literal["bucketize", "dense"] = "bucketize"
@@ -74,7 +74,8 @@ class DatasetConfig:
 @dataclass
 class FeaturesConfig:
     embedding_dim: int = 16
-    # FuxiCTR initialises tables with N(0, 1e-4^2) (MODELS.md pitfall 9); TorchRec's default is uniform.
+    # FuxiCTR initialises tables with N(0, 1e-4^2) (docs/models.md#pitfall-embedding-init); TorchRec's default is
+    # uniform.
     init_std: float = 1e-4
 
 

@@ -273,7 +273,8 @@ def test_build_model_runs_on_keyed_jagged_tensor(form: str) -> None:
 
 
 def test_authors_parameter_count_matches_models_md() -> None:
-    # MODELS.md 1.6: F=39, d=64, r=24, h=512, L=3, n_F=n_D=32 -> 15,190,065 non-embedding parameters.
+    # docs/models.md#dlf-parameter-count: F=39, d=64, r=24, h=512, L=3, n_F=n_D=32 -> 15,190,065 non-embedding
+    # parameters.
     model = DLF(39, 64, DLFConfig(form="authors", num_layers=3, rank=24, block_hidden=512,
                                   num_tokens_high=32, num_tokens_low=32, num_tokens_implicit=32))
 

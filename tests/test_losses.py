@@ -1,4 +1,4 @@
-"""Twin Focus loss (MODELS.md 2.4) against a direct formula, including saturated logits."""
+"""Twin Focus loss (docs/models.md#twin-focus-loss) against a direct formula, including saturated logits."""
 
 from __future__ import annotations
 

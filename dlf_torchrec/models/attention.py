@@ -1,6 +1,7 @@
 """Token-level multi-head attention used by DLF: the authors' code's MHSA block and the paper's NAF fusion.
 
-Attention always runs over tokens (field-like d-dim rows), never over block-summary vectors (MODELS.md pitfall 3).
+Attention always runs over tokens (field-like d-dim rows), never over block-summary vectors
+(docs/models.md#pitfall-attention-axis).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class NAFLayer(nn.Module):
-    """One Network-Aware Attention Fusion layer (DLF paper eqs 10-14, our reconstruction, MODELS.md 1.3).
+    """One Network-Aware Attention Fusion layer (DLF paper eqs 10-14, our reconstruction, docs/models.md#dlf-naf).
 
     For each block b with tokens Z_b:
       Q_b, K_b, V_b = block-wise projections of Z_b                              (eq 10)

@@ -42,7 +42,7 @@ class DCNv2(nn.Module):
         self.deep = MLP(width, cfg.hidden_units, None, cfg.batch_norm, cfg.dropout, cfg.activation)
         self.out_features = self.deep.out_features + (width if cfg.structure == "parallel" else 0)
         self.head = nn.Linear(self.out_features, 1)
-        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md)
+        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md#init)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         x0 = tokens.flatten(1)

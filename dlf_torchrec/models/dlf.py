@@ -1,6 +1,6 @@
 """DLF (Wang et al., SIGIR'25): stacked rank-aware interaction layers over field tokens, in two forms.
 
-``form: authors`` builds what the authors' released code runs (MODELS.md 1.2 code form, 1.4, 1.5):
+``form: authors`` builds what the authors' released code runs (docs/models.md#dlf-authors-form):
 
 * high-rank block (code ``fmb``):     S_C = E (Eᵀ W_CI) [n, r] -> flatten -> LN -> Linear-BN-ReLU-Dropout-Linear -> Z_C
 * low-rank block (code ``fmb_x0``):   S_L = X̃0 (Eᵀ W_LI), X̃0 = P_x0ᵀ X0 (identity when n = F), same path -> Z_L
@@ -9,7 +9,7 @@
 * E' = LN_d([Z_C; Z_L; Z_D (; Z_A)] + R(E)), R a learned token projection when the counts differ, else identity
 * head: vec(E^(L+1)) -> MLP ``head_hidden`` (default [512], BN) -> Linear -> logit
 
-``form: paper`` builds our reading of the paper (MODELS.md 1.2 paper form, 1.3, 1.4):
+``form: paper`` builds our reading of the paper (docs/models.md#dlf-paper-form, #dlf-naf, #dlf-gate):
 
 * low-rank block:  S_L = X0 (Eᵀ W_LI) [F, r] (raw X0, as in the figure) -> LN -> block MLP -> σ -> Z_L
 * high-rank block: S_C = E (Eᵀ W_CI) [n, r] -> LN -> block MLP -> σ -> Z_C
@@ -25,14 +25,14 @@
 Ablations (paper Table 3), same switch in both forms:
 
 * ``gate: false``: paper -> plain residual LN_d(Z + R(E)); authors -> no residual at all, E' = LN_d(Z) (the code's
-  projected residual is what stands in for the paper's gate, MODELS.md 1.4).
+  projected residual is what stands in for the paper's gate, docs/models.md#dlf-gate).
 * ``rli: false`` ("w/o RLI"): the explicit high- and low-rank blocks are replaced by implicit blocks with the same
   token counts (paper: separate MLP+ReLU blocks; authors: linear token compressions), so only the explicit rank-aware
   interactions disappear while token counts, NAF and the residual stay as they are.
 * ``naf: false``: paper -> the block outputs are concatenated without attention; authors -> no attention block
   (``DLF_default``). Unset (``null``) means the form's own default: paper true, authors false.
 
-Token bookkeeping (MODELS.md pitfall 2): layer 1 sees n = F tokens, every later layer n = n_out, where
+Token bookkeeping (docs/models.md#dlf-token-counts): layer 1 sees n = F tokens, every later layer n = n_out, where
 n_out = 2 n_F + n_D (+ n_A for authors with attention), doubled in the paper form with NAF (block outputs plus
 their fused versions). The head sees n_out · d features.
 """
@@ -52,7 +52,8 @@ from dlf_torchrec.models.registry import register_over_arch
 
 @dataclass
 class DLFConfig:
-    # authors: the released code (MODELS.md 1.4; better on Frappe, benchmarks/results/); paper: our reading.
+    # authors: the released code (docs/models.md#dlf-two-forms; better on Frappe, benchmarks/results/);
+    # paper: our reading.
     form: Literal["paper", "authors"] = "authors"
     # L stacked DLF layers (authors' code 3, paper Fig. 4 best 8).
     num_layers: int = 3

@@ -31,7 +31,7 @@ class DNN(nn.Module):
         self.mlp = MLP(num_fields * embedding_dim, cfg.hidden_units, None, cfg.batch_norm, cfg.dropout, cfg.activation)
         self.out_features = self.mlp.out_features
         self.head = nn.Linear(self.out_features, 1)
-        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md)
+        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md#init)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.mlp(tokens.flatten(1))

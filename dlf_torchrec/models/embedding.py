@@ -31,7 +31,8 @@ def table_configs(spec: FeatureSpec, embedding_dim: int, init_std: float, prefix
 
 
 class DenseTokens(nn.Module):
-    """Numeric field j -> x_j * v_j (MODELS.md 1.1): per-field vectors, no bias, Xavier-normal init.
+    """Numeric field j -> x_j * v_j (docs/models.md#numeric-field-tokens): per-field vectors, no bias,
+    Xavier-normal init.
 
     Args: dense [B, num_dense]. Returns [B, num_dense, d].
     """

@@ -1,4 +1,4 @@
-"""CTR losses computed from logits in fp32 (MODELS.md 2.4, pitfall 4).
+"""CTR losses computed from logits in fp32 (docs/models.md#twin-focus-loss, #pitfall-tf-loss-numerics).
 
 Everything here takes logits, never probabilities: ``log p_t = -softplus(-s z)`` and ``p_t = sigmoid(s z)`` with
 ``s = 2y - 1`` are exact for any finite logit, so there is no ``log(0)`` and no need for the ``-100`` clamp that
@@ -54,7 +54,8 @@ def twin_focus_loss(
     c: float,
     gamma: float,
 ) -> torch.Tensor:
-    """Twin Focus loss L_TF = alpha * L_simple + (1 - alpha) * L_complex (MODELS.md 2.4, the code's form).
+    """Twin Focus loss L_TF = alpha * L_simple + (1 - alpha) * L_complex (docs/models.md#twin-focus-loss, the
+    authors' code's form).
 
     L_simple = mean[(c + p_t(z_s))^gamma * BCE(z_s, y)], L_complex = mean[((2 - c) - p_t(z_c))^gamma * BCE(z_c, y)].
     At gamma = 0 it is alpha * BCE(z_s) + (1 - alpha) * BCE(z_c).

@@ -1,6 +1,6 @@
 """TF4CTR (Twin Focus for CTR): SSEM -> simple / complex encoders -> DFM, trained with BCE + Twin Focus loss.
 
-MODELS.md section 2. The model is a wrapper: the simple encoder is an MLP, the complex encoder is an MLP or any
+docs/models.md#tf4ctr. The model is a wrapper: the simple encoder is an MLP, the complex encoder is an MLP or any
 registered over-arch (``complex_encoder: {name: dcnv2, ...}``), which then sees field tokens [B, F, d].
 
 Pipeline (B batch, F fields incl. dense ones, d embedding dim, D = F*d)::
@@ -102,7 +102,7 @@ class TF4CTRConfig:
         return name, from_dict(model_config_class(name), raw, "model.complex_encoder")
 
     def check_embedding_dim(self, embedding_dim: int) -> None:
-        """The SER easy tables use d/2 and the easy encoder's input is F*d/2 (MODELS.md pitfall 6).
+        """The SER easy tables use d/2 and the easy encoder's input is F*d/2 (docs/models.md#pitfall-ser-dims).
 
         ``features.embedding_dim`` is not visible to ``validate``; the builder calls this (a config-level check can
         call it too). Raises ValueError naming the key.
@@ -201,7 +201,9 @@ class SharedEmbeddingSelection(nn.Module):
 
 
 class Fusion(nn.Module):
-    """DFM (MODELS.md 2.3). Args: z_s, z_c [B, 1] (None for cf / moef without TF loss); he_s [B, W_s]; he_c [B, W_c].
+    """DFM (docs/models.md#tf4ctr-dfm).
+
+    Args: z_s, z_c [B, 1] (None for cf / moef without TF loss); he_s [B, W_s]; he_c [B, W_c].
 
     Returns the fused logit [B, 1].
     """
@@ -294,7 +296,7 @@ class TF4CTR(CTRModel):
         self.simple_head = nn.Linear(simple_width, 1) if self.has_heads else None
         self.complex_head = nn.Linear(complex_width, 1) if self.has_heads else None
         self.fusion = Fusion(cfg.dfm, simple_width, complex_width, cfg.vf_temperature)
-        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md)
+        init_linear_(self)  # FuxiCTR's model-wide init (docs/models.md#init)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> ModelOutput:
         easy, hard, rows = self.ssem(sparse, dense)

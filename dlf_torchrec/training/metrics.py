@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-LOGLOSS_EPS = 1e-7  # FuxiCTR / sklearn-style clipping (MODELS.md pitfall 13)
+LOGLOSS_EPS = 1e-7  # FuxiCTR / sklearn-style clipping (docs/models.md#pitfall-metrics)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
