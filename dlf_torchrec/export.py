@@ -35,7 +35,9 @@ import torch
 import yaml
 from torch import nn
 
-from dlf_torchrec.predict import PredictError, Run, load_model, load_run, to_kjt
+from dlf_torchrec import io
+from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE
+from dlf_torchrec.run import Run, RunError, load_model, load_run, to_kjt
 
 EXTRA_FILES = ("vocab.json", "meta.json", "config.yaml", "serving.json")
 SERVING_VERSION = 1
@@ -59,7 +61,7 @@ class ServingModule(nn.Module):
 
 def serving_module(run: Run) -> ServingModule:
     """The run's checkpoint as an eval-mode :class:`ServingModule` on CPU."""
-    return ServingModule(load_model(run), [f.name for f in run.meta.categorical]).eval()
+    return ServingModule(load_model(run), run.keys).eval()
 
 
 def example_inputs(run: Run, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,10 +91,8 @@ def interface(run: Run, fmt: str) -> dict[str, Any]:
 
 def extra_files(run: Run, fmt: str) -> dict[str, str]:
     """The files stored inside the model file, name -> text."""
-    with open(os.path.join(run.data_dir, "vocab.json")) as f:
-        vocab = f.read()
-    with open(os.path.join(run.data_dir, "meta.json")) as f:
-        meta = f.read()
+    vocab = io.read_text(os.path.join(run.data_dir, VOCAB_FILE))
+    meta = io.read_text(os.path.join(run.data_dir, META_FILE))
     return {"vocab.json": vocab, "meta.json": meta, "config.yaml": yaml.safe_dump(run.cfg.to_dict(), sort_keys=False),
             "serving.json": json.dumps(interface(run, fmt), indent=2)}
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         export_run(args.run, args.out, args.format, args.checkpoint, args.data_dir)
-    except (ExportError, PredictError, FileNotFoundError) as e:
+    except (ExportError, RunError, FileNotFoundError) as e:
         print(f"export: {e}", file=sys.stderr)
         return 1
     print(f"[export] {args.format} -> {args.out}", file=sys.stderr)

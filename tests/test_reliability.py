@@ -23,6 +23,7 @@ from dlf_torchrec.config import ConfigError, ExperimentConfig, build_config, loa
 from dlf_torchrec.data.loader import rank_indices
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.preprocess import ensure_preprocessed
+from dlf_torchrec.run import build_unsharded
 from dlf_torchrec.training import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,7 +179,8 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(data_dir: str, t
     assert int(previous[-1].rsplit("_", 1)[1]) < int(partial.name.split("_")[1].split(".")[0])
     # The previous checkpoint is complete and loads (here: exported to the unsharded model).
     cfg = load_config(CONFIG, args[2:])
-    state = ckpt.export_unsharded_state_dict(previous[-1], cfg, DatasetMeta.load(data_dir))
+    model = build_unsharded(cfg, DatasetMeta.load(data_dir).feature_spec)
+    state = ckpt.load_unsharded(previous[-1], model).state_dict()
     assert state and all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point())
 
     rerun = subprocess.run([sys.executable, "-m", "dlf_torchrec.train", *args], cwd=REPO, env=ENV,
@@ -219,7 +221,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoints(data_dir: str, tm
     cfg = load_config(CONFIG, args[2:])
     meta = DatasetMeta.load(str(poisoned))
     for path in [*kept, str(ckdir / "best")]:
-        state = ckpt.export_unsharded_state_dict(path, cfg, meta)
+        state = ckpt.load_unsharded(path, build_unsharded(cfg, meta.feature_spec)).state_dict()
         assert all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point()), path
     assert not (run / "results.json").exists()
 

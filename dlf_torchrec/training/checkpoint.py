@@ -98,27 +98,36 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
         return json.load(f)
 
 
-def export_unsharded_state_dict(checkpoint_path: str, cfg: Any, meta: Any) -> dict[str, torch.Tensor]:
-    """The model weights of a (sharded, any world size) checkpoint as a plain CPU state dict for inference.
+def load_unsharded(checkpoint_path: str, model: nn.Module) -> nn.Module:
+    """Load the model weights of a (sharded, any world size) checkpoint into the unsharded ``model``; returns it.
 
-    The result loads with ``strict=True`` into ``build_model(cfg.model_name, meta.feature_spec,
-    cfg.features.embedding_dim, cfg.features.init_std, cfg.model)`` (the unsharded model, no ``TrainTask``
-    prefix). ``cfg`` is the :class:`~dlf_torchrec.config.ExperimentConfig` the checkpoint was trained with and
-    ``meta`` the :class:`~dlf_torchrec.data.meta.DatasetMeta` of its dataset. DCP gathers every shard into full
-    tensors; runs in a single process (no process group needed; if one is initialised, each rank reads the whole
-    checkpoint independently). Optimiser state and RNG files are not read.
+    ``model`` is the plain model the checkpoint was trained as (no training wrapper, no sharding): the checkpoint
+    holds it under a prefix (the trainer's task wrapper), found here from the saved keys. DCP gathers every shard
+    into full tensors; runs in a single process (no process group needed; if one is initialised, each rank reads
+    the whole checkpoint independently). Optimiser state and RNG files are not read.
     """
-    from dlf_torchrec.models.registry import build_model  # local: models import training-side modules
-
     if not is_complete(checkpoint_path):
         raise FileNotFoundError(f"{checkpoint_path}: not a complete checkpoint (missing {STATE_FILE})")
-    model = build_model(cfg.model_name, meta.feature_spec, cfg.features.embedding_dim, cfg.features.init_std,
-                        cfg.model, device=torch.device("cpu"))
     target = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    # The trainer saves TrainTask(model) wrapped in DistributedModelParallel: keys are "model." + unsharded key.
-    wrapped = {f"model.{k}": v for k, v in target.items()}
+    prefix = _saved_prefix(checkpoint_path, list(target))
+    wrapped = {prefix + k: v for k, v in target.items()}
     dcp.load({"model": wrapped}, checkpoint_id=checkpoint_path, no_dist=True)
-    return {k: wrapped[f"model.{k}"].contiguous() for k in target}
+    model.load_state_dict({k: wrapped[prefix + k].contiguous() for k in target}, strict=True)
+    return model
+
+
+def _saved_prefix(checkpoint_path: str, keys: list[str]) -> str:
+    """The prefix under which the checkpoint's ``model`` entry holds every one of ``keys``."""
+    top = "model."
+    saved = {k[len(top):] for k in dcp.FileSystemReader(checkpoint_path).read_metadata().state_dict_metadata
+             if k.startswith(top)}
+    longest = max(keys, key=len)
+    for name in saved:
+        if name.endswith(longest):
+            prefix = name[:len(name) - len(longest)]
+            if all(prefix + k in saved for k in keys):
+                return prefix
+    raise ValueError(f"{checkpoint_path}: the checkpoint does not hold this model's weights")
 
 
 def _recover(path: str) -> None:
