@@ -13,7 +13,6 @@ without ``trainer_state.json`` or with the ``.partial`` suffix is ignored.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -24,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+
+from dlf_torchrec import io
 
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_rank{rank}_of_{world}.pt"
@@ -52,17 +53,20 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any, trainer_state: 
     _barrier()
     dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=partial)
     torch.save(_local_state(model, optimizer), os.path.join(partial, _rng_file()))
-    _test_hook("DLF_TEST_SLEEP_IN_SAVE")
     _barrier()
     if _is_main():
-        with open(os.path.join(partial, STATE_FILE), "w") as f:
-            json.dump(trainer_state, f, indent=2)
-        old = path + ".old"
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(partial, path)
-        shutil.rmtree(old, ignore_errors=True)
+        _publish(partial, path, trainer_state)
     _barrier()
+
+
+def _publish(partial: str, path: str, trainer_state: dict[str, Any]) -> None:
+    """Rank 0, every rank's shards written: mark ``partial`` complete and rename it to ``path``."""
+    io.write_json(os.path.join(partial, STATE_FILE), trainer_state)
+    old = path + ".old"
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(partial, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -> dict[str, Any]:
@@ -94,8 +98,7 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
         if others:
             local = torch.load(os.path.join(path, others[0]), weights_only=False)
             _set_hyper_parameters(optimizer, local.get("param_groups", []))
-    with open(os.path.join(path, STATE_FILE)) as f:
-        return json.load(f)
+    return io.read_json(os.path.join(path, STATE_FILE))
 
 
 def load_unsharded(checkpoint_path: str, model: nn.Module) -> nn.Module:
@@ -136,16 +139,6 @@ def _recover(path: str) -> None:
     if not os.path.exists(path) and is_complete(old) and _is_main():
         os.replace(old, path)
     _barrier()
-
-
-def _test_hook(env: str) -> None:
-    """Tests only: ``DLF_TEST_SLEEP_IN_SAVE=<seconds>`` pauses between the shard writes and the rename, so a test
-    can kill the job while only ``<name>.partial`` exists. Unset in every real run."""
-    seconds = os.environ.get(env)
-    if seconds:
-        import time
-
-        time.sleep(float(seconds))
 
 
 def _init_optimizer_state(model: nn.Module, optimizer: Any) -> None:
