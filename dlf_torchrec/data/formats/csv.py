@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from dlf_torchrec import io
 from dlf_torchrec.data.formats.base import Format
 from dlf_torchrec.data.schema import Column, Schema, SchemaError
 
@@ -30,13 +31,12 @@ def csv_schema(spec: dict[str, Any] | str | os.PathLike[str]) -> Schema:
     """Validate a csv schema (a mapping, or a path to a YAML file holding one); raise :class:`SchemaError`."""
     if isinstance(spec, str | os.PathLike):
         path = str(spec)
-        if not os.path.exists(path):
+        if not io.exists(path):
             raise SchemaError(f"schema file not found: {path}")
-        with open(path) as f:
-            try:
-                spec = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise SchemaError(f"{path}: not valid YAML: {e}") from e
+        try:
+            spec = yaml.safe_load(io.read_text(path))
+        except yaml.YAMLError as e:
+            raise SchemaError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(spec, dict):
         raise SchemaError(f"schema: expected a mapping, got {type(spec).__name__}")
     unknown = [k for k in spec if k not in _CSV_KEYS]
