@@ -125,16 +125,22 @@ def script_module(module: ServingModule, run: Run) -> torch.jit.ScriptModule:
 
 
 def save(module: ServingModule, run: Run, out: str, fmt: str) -> None:
-    """Export ``module`` in format ``fmt`` to ``out`` with the extra files inside."""
+    """Export ``module`` in format ``fmt`` to ``out`` with the extra files inside (``out`` appears only when
+    complete)."""
     extras = extra_files(run, fmt)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with torch.no_grad():
         if fmt == "export":
-            torch.export.save(export_program(module, run), out, extra_files=extras)
+            program: Any = export_program(module, run)
         elif fmt == "torchscript":
-            torch.jit.save(script_module(module, run), out, _extra_files=extras)
+            program = script_module(module, run)
         else:
             raise ExportError(f"unknown format {fmt!r} (export | torchscript)")
+    with io.atomic_open(out, "wb") as f:
+        if fmt == "export":
+            torch.export.save(program, f, extra_files=extras)
+        else:
+            torch.jit.save(program, f, _extra_files=extras)
 
 
 def load_exported(path: str) -> tuple[Any, dict[str, str]]:
