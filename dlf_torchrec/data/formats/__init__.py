@@ -42,5 +42,5 @@ def file_formats() -> tuple[str, ...]:
 
 def schema_for(fmt: str, *, spec: Any = None, num_fields: int | None = None) -> Schema:
     """The schema of format ``fmt``. ``spec``: the format's description (csv: a mapping or a YAML path);
-    ``num_fields``: the field count of formats that have no fixed one (libFM)."""
+    ``num_fields``: the field count of formats that have no fixed one (libFM; ignored by the others)."""
     return get_format(fmt).schema(spec, num_fields)

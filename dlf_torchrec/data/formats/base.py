@@ -17,7 +17,7 @@ class Format:
     Args:
         name: the ``dataset.format`` value.
         schema: ``(spec, num_fields) -> Schema``; ``spec`` is the format's description (csv: a YAML mapping or path,
-            else None), ``num_fields`` the detected field count of formats without a fixed one (else None).
+            else None), ``num_fields`` the field count of formats without a fixed one (ignored by the others).
         fast: the vectorised parser, or None (every line goes through the reference parser).
         count_fields: for formats without a fixed field count: first data line -> number of fields.
         reads: for aliases, the format whose files this one produces (``synthetic`` -> ``criteo``).
