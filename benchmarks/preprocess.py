@@ -71,11 +71,8 @@ def input_file(rows: int, seed: int, cache_dir: str) -> str:
     if not os.path.exists(path):
         from dlf_torchrec.data.synthetic import generate_criteo_tsv
 
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = path + ".part"
         t0 = time.perf_counter()
-        generate_criteo_tsv(tmp, rows, seed)
-        os.replace(tmp, path)
+        generate_criteo_tsv(path, rows, seed)  # atomic: a path that exists is complete
         print(f"  generated {path} in {time.perf_counter() - t0:.0f} s (not timed)", flush=True)
     return path
 

@@ -272,8 +272,9 @@ def _throughput_worker(spec_path: str, out_path: str) -> int:
 
     Writes ``{label: {"samples_per_s", "peak_rss_mib", "minor_faults_per_step"} or {"error": message}}``.
     """
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(29500 + os.getpid() % 1000))
+    from dlf_torchrec.distenv import rank_env
+
+    os.environ.update(rank_env())  # a world of one of its own, even when started from a torchrun worker
     import logging
     import resource
     import warnings

@@ -283,8 +283,9 @@ def _run_plain(job: Job, settings: Settings, spec: Any, batches: list[Any]) -> t
 
 def _worker(rank: int, world_size: int, port: int, jobs: list[Job], settings: Settings, out_dir: str) -> None:
     """One rank: run every job in order, write ``rank{r}.jsonl`` (one result per job, flushed as it goes)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from dlf_torchrec.distenv import rank_env
+
+    os.environ.update(rank_env(rank, world_size, port))
     import logging
     import warnings
 
@@ -337,8 +338,10 @@ def run_world(jobs: list[Job], world_size: int, settings: Settings, timeout_s: f
     """Spawn ``world_size`` gloo ranks that run ``jobs``; return each rank's list of results."""
     import torch.multiprocessing as mp
 
+    from dlf_torchrec.distenv import free_port
+
     with tempfile.TemporaryDirectory() as tmp:
-        port = common_free_port()
+        port = free_port()
         context = mp.start_processes(_worker, args=(world_size, port, jobs, settings, tmp), nprocs=world_size,
                                      start_method="spawn", join=False)
         deadline = time.monotonic() + timeout_s
@@ -360,14 +363,6 @@ def run_world(jobs: list[Job], world_size: int, settings: Settings, timeout_s: f
             with open(path) if os.path.exists(path) else open(os.devnull) as f:
                 results.append([json.loads(line) for line in f])
     return results
-
-
-def common_free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------------------- results

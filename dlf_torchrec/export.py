@@ -35,7 +35,9 @@ import torch
 import yaml
 from torch import nn
 
-from dlf_torchrec.predict import PredictError, Run, load_model, load_run, to_kjt
+from dlf_torchrec import io
+from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE
+from dlf_torchrec.run import Run, RunError, load_model, load_run, to_kjt
 
 EXTRA_FILES = ("vocab.json", "meta.json", "config.yaml", "serving.json")
 SERVING_VERSION = 1
@@ -59,7 +61,7 @@ class ServingModule(nn.Module):
 
 def serving_module(run: Run) -> ServingModule:
     """The run's checkpoint as an eval-mode :class:`ServingModule` on CPU."""
-    return ServingModule(load_model(run), [f.name for f in run.meta.categorical]).eval()
+    return ServingModule(load_model(run), run.keys).eval()
 
 
 def example_inputs(run: Run, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,10 +91,8 @@ def interface(run: Run, fmt: str) -> dict[str, Any]:
 
 def extra_files(run: Run, fmt: str) -> dict[str, str]:
     """The files stored inside the model file, name -> text."""
-    with open(os.path.join(run.data_dir, "vocab.json")) as f:
-        vocab = f.read()
-    with open(os.path.join(run.data_dir, "meta.json")) as f:
-        meta = f.read()
+    vocab = io.read_text(os.path.join(run.data_dir, VOCAB_FILE))
+    meta = io.read_text(os.path.join(run.data_dir, META_FILE))
     return {"vocab.json": vocab, "meta.json": meta, "config.yaml": yaml.safe_dump(run.cfg.to_dict(), sort_keys=False),
             "serving.json": json.dumps(interface(run, fmt), indent=2)}
 
@@ -125,16 +125,22 @@ def script_module(module: ServingModule, run: Run) -> torch.jit.ScriptModule:
 
 
 def save(module: ServingModule, run: Run, out: str, fmt: str) -> None:
-    """Export ``module`` in format ``fmt`` to ``out`` with the extra files inside."""
+    """Export ``module`` in format ``fmt`` to ``out`` with the extra files inside (``out`` appears only when
+    complete)."""
     extras = extra_files(run, fmt)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with torch.no_grad():
         if fmt == "export":
-            torch.export.save(export_program(module, run), out, extra_files=extras)
+            program: Any = export_program(module, run)
         elif fmt == "torchscript":
-            torch.jit.save(script_module(module, run), out, _extra_files=extras)
+            program = script_module(module, run)
         else:
             raise ExportError(f"unknown format {fmt!r} (export | torchscript)")
+    with io.atomic_open(out, "wb") as f:
+        if fmt == "export":
+            torch.export.save(program, f, extra_files=extras)
+        else:
+            torch.jit.save(program, f, _extra_files=extras)
 
 
 def load_exported(path: str) -> tuple[Any, dict[str, str]]:
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         export_run(args.run, args.out, args.format, args.checkpoint, args.data_dir)
-    except (ExportError, PredictError, FileNotFoundError) as e:
+    except (ExportError, RunError, FileNotFoundError) as e:
         print(f"export: {e}", file=sys.stderr)
         return 1
     print(f"[export] {args.format} -> {args.out}", file=sys.stderr)

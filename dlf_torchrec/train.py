@@ -20,13 +20,12 @@ if __name__ == "__main__" and not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import warnings  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
-import yaml  # noqa: E402
 
+from dlf_torchrec import io  # noqa: E402
 from dlf_torchrec.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from dlf_torchrec.data.meta import DatasetMeta  # noqa: E402
 from dlf_torchrec.data.preprocess import ensure_preprocessed  # noqa: E402
@@ -73,8 +72,7 @@ def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
     tr = cfg.training
     if ctx.is_main:
         os.makedirs(tr.output_dir, exist_ok=True)
-        with open(os.path.join(tr.output_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        io.write_yaml(os.path.join(tr.output_dir, "config.yaml"), cfg.to_dict())
         print(f"[dlf_torchrec] {cfg.model_name} on {meta.name}: {meta.feature_spec.num_fields} fields, "
               f"{sum(f.vocab_size for f in meta.categorical):,} embedding rows, world size {ctx.world_size} "
               f"({ctx.backend}), rows train/valid/test = "
@@ -82,8 +80,7 @@ def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
         print(f"[dlf_torchrec] sharding plan: {describe_plan(stack.dmp)}")
     results = Trainer(cfg, ctx, stack, data_dir).fit()
     if ctx.is_main:
-        with open(os.path.join(tr.output_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        io.write_json(os.path.join(tr.output_dir, "results.json"), results)
         for split, m in results.items():
             print(f"[dlf_torchrec] best checkpoint {split}: AUC={m['auc']:.4f} logloss={m['logloss']:.4f} "
                   f"rows={int(m['rows'])}")

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from dlf_torchrec.distenv import free_port, rank_env
 
 
 def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_dir: str, args: tuple) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      OMP_NUM_THREADS="1")
+    os.environ.update(rank_env(rank, world_size, port), OMP_NUM_THREADS="1")
     try:
         result = fn(*args)
         error = None
@@ -38,7 +31,7 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_di
 
 def run_ranks(fn: Callable[..., Any], world_size: int, out_dir: str, *args: Any) -> list[Any]:
     """Spawn ``world_size`` processes running ``fn(*args)`` with torchrun-style env; raise on any rank's error."""
-    port = _free_port()
+    port = free_port()
     mp.start_processes(_entry, args=(fn, world_size, port, out_dir, args), nprocs=world_size, start_method="spawn")
     results = []
     for rank in range(world_size):

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from dlf_torchrec.data import parse as P
-from dlf_torchrec.data.schema import SchemaError, avazu_schema, criteo_schema, csv_schema, libfm_schema, schema_for
+from dlf_torchrec.data.formats import schema_for
+from dlf_torchrec.data.formats.avazu import avazu_schema
+from dlf_torchrec.data.formats.criteo import criteo_schema
+from dlf_torchrec.data.formats.csv import csv_schema
+from dlf_torchrec.data.formats.libfm import detect_libfm_fields, libfm_schema
+from dlf_torchrec.data.schema import SchemaError
 
 CRITEO = criteo_schema()
 AVAZU = avazu_schema()
@@ -102,7 +107,7 @@ def test_libfm_rows() -> None:
     assert reason(schema, "1 1:1 :2 3:1") == P.BAD_ITEM
     assert reason(schema, "2 1:1 2:1 3:1") == P.BAD_LABEL
     assert reason(schema, "  ") == P.BLANK
-    assert P.detect_libfm_fields("1 266:1 1244:1 5042:1") == 3
+    assert detect_libfm_fields("1 266:1 1244:1 5042:1") == 3
 
 
 def test_csv_schema_rows_and_validation(tmp_path: Path) -> None:

@@ -15,8 +15,12 @@ from hypothesis import strategies as st
 
 from dlf_torchrec.config import DatasetConfig
 from dlf_torchrec.data import parse as P
+from dlf_torchrec.data.formats.avazu import avazu_schema
+from dlf_torchrec.data.formats.criteo import criteo_schema
+from dlf_torchrec.data.formats.csv import csv_schema
+from dlf_torchrec.data.formats.libfm import libfm_schema
 from dlf_torchrec.data.preprocess import preprocess
-from dlf_torchrec.data.schema import Schema, avazu_schema, criteo_schema, csv_schema, libfm_schema
+from dlf_torchrec.data.schema import Schema
 
 CRITEO = criteo_schema()
 AVAZU = avazu_schema()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dlf_torchrec.config import DatasetConfig
-from dlf_torchrec.data.loader import load_feature_spec, load_meta, make_dataloader, rank_indices
+from dlf_torchrec.data.loader import make_dataloader, rank_indices
+from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.preprocess import ensure_preprocessed
 from dlf_torchrec.data.shards import open_split
 
@@ -30,8 +31,8 @@ def collect(loader) -> list:
 
 def test_batch_layout(data_dirs: dict[str, str]) -> None:
     d = data_dirs["dense"]
-    meta = load_meta(d)
-    spec = load_feature_spec(d)
+    meta = DatasetMeta.load(d)
+    spec = DatasetMeta.load(d).feature_spec
     arr = open_split(d, "train", meta)
     loader = make_dataloader(d, "train", 64, shuffle=False)
     b = next(iter(loader))
@@ -52,7 +53,7 @@ def test_batch_layout(data_dirs: dict[str, str]) -> None:
 @pytest.mark.parametrize("world", [2, 3])
 def test_train_partition_equal_and_disjoint(data_dirs: dict[str, str], world: int) -> None:
     d = data_dirs["bucket"]
-    n = load_meta(d).splits["train"].rows
+    n = DatasetMeta.load(d).splits["train"].rows
     bs = 50
     per_rank = [rank_indices(n, r, world, for_eval=False, shuffle=True, seed=5, epoch=2) for r in range(world)]
     assert all(len(p) == n // world for p in per_rank)
@@ -73,7 +74,7 @@ def test_train_partition_equal_and_disjoint(data_dirs: dict[str, str], world: in
 
 def test_eval_every_row_once_with_padding(data_dirs: dict[str, str]) -> None:
     d = data_dirs["bucket"]
-    meta = load_meta(d)
+    meta = DatasetMeta.load(d)
     n = meta.splits["valid"].rows
     assert n % 2 == 1  # odd, so rank 1 gets a padding row
     arr = open_split(d, "valid", meta)

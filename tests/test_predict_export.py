@@ -14,10 +14,14 @@ import pytest
 import torch
 
 from dlf_torchrec import export, predict
+from dlf_torchrec import run as runs
+from dlf_torchrec.data import rawinput
+from dlf_torchrec.data.formats.avazu import avazu_schema
+from dlf_torchrec.data.formats.criteo import criteo_schema
+from dlf_torchrec.data.formats.libfm import libfm_schema
 from dlf_torchrec.data.parse import parse_chunk
-from dlf_torchrec.data.preprocess import line_uniform
-from dlf_torchrec.data.schema import avazu_schema, criteo_schema, libfm_schema
 from dlf_torchrec.data.shards import open_split
+from dlf_torchrec.data.splits import line_uniform
 from dlf_torchrec.training.metrics import compute_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,13 +47,13 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, criteo: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(run_dir: Path) -> predict.Run:
-    return predict.load_run(str(run_dir))
+def run(run_dir: Path) -> runs.Run:
+    return runs.load_run(str(run_dir))
 
 
 @pytest.fixture(scope="module")
-def model(run: predict.Run) -> torch.nn.Module:
-    return predict.load_model(run)
+def model(run: runs.Run) -> torch.nn.Module:
+    return runs.load_model(run)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ def split_of_lines(path: Path, seed: int, ratios: list[float]) -> np.ndarray:
     return np.minimum(np.searchsorted(np.cumsum(ratios), line_uniform(seed, 0, offsets), side="right"), 2)
 
 
-def shard_probs(run: predict.Run, model: torch.nn.Module, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def shard_probs(run: runs.Run, model: torch.nn.Module, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dense, sparse ids, model probabilities) of a preprocessed split, through the unsharded model."""
     arr = open_split(run.data_dir, split, run.meta)
     dense = np.asarray(arr.dense, dtype=np.float32)
@@ -90,7 +94,7 @@ def test_unlabelled_criteo_test_file(test_predictions: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_valid_rows_match_trainer(run_dir: Path, run: predict.Run, model: torch.nn.Module, criteo: Path,
+def test_valid_rows_match_trainer(run_dir: Path, run: runs.Run, model: torch.nn.Module, criteo: Path,
                                   tmp_path: Path) -> None:
     """predict on the raw labelled file == the trainer's model on the preprocessed valid split, row by row; the
     valid AUC/logloss recomputed from predict's output == results.json."""
@@ -112,7 +116,7 @@ def test_valid_rows_match_trainer(run_dir: Path, run: predict.Run, model: torch.
 
 
 @pytest.mark.slow
-def test_export_matches_model(run_dir: Path, run: predict.Run, model: torch.nn.Module, tmp_path: Path) -> None:
+def test_export_matches_model(run_dir: Path, run: runs.Run, model: torch.nn.Module, tmp_path: Path) -> None:
     out = tmp_path / "model.pt2"
     assert export.main(["--run", str(run_dir), "--out", str(out)]) == 0
     served, extras = export.load_exported(str(out))
@@ -129,7 +133,7 @@ def test_export_matches_model(run_dir: Path, run: predict.Run, model: torch.nn.M
 
 
 @pytest.mark.slow
-def test_torchscript_works_or_says_why(run_dir: Path, run: predict.Run, model: torch.nn.Module, tmp_path: Path,
+def test_torchscript_works_or_says_why(run_dir: Path, run: runs.Run, model: torch.nn.Module, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.ts"
     code = export.main(["--run", str(run_dir), "--out", str(out), "--format", "torchscript"])
@@ -189,15 +193,15 @@ def test_stdin_to_stdout(run_dir: Path, criteo: Path, test_predictions: list[str
 def test_label_detection_and_avazu_id_column() -> None:
     """Unlabelled schema variants (Criteo, Avazu with its id,hour header, libFM) and the id passthrough."""
     criteo_line = b"\t".join([b"1"] * 14 + [b"ab"] * 26) + b"\n"
-    assert predict.input_schema(criteo_schema(), criteo_line, "auto").n_columns == 40
-    assert predict.input_schema(criteo_schema(), criteo_line[2:], "auto").n_columns == 39
-    assert predict.first_data_line(criteo_schema(), [b"\n", b"1\t2\n", criteo_line[2:]]) == criteo_line[2:]
-    with pytest.raises(predict.PredictError, match="expects 40"):
-        predict.input_schema(criteo_schema(), b"1\t2\n", "auto")
-    unlabelled = predict.without_label(avazu_schema())
-    assert predict.is_header(unlabelled, b"id,hour,C1,banner_pos\n")
-    assert predict.column_index(unlabelled, "id") == 0
-    assert predict.id_values([b"123,14102100,x\n", b"\n"], unlabelled, 0) == ["123", ""]
-    libfm = predict.input_schema(libfm_schema(3), b"a:1 b:1 c:1\n", "auto")
+    assert rawinput.input_schema(criteo_schema(), criteo_line, "auto").n_columns == 40
+    assert rawinput.input_schema(criteo_schema(), criteo_line[2:], "auto").n_columns == 39
+    assert rawinput.first_data_line(criteo_schema(), [b"\n", b"1\t2\n", criteo_line[2:]]) == criteo_line[2:]
+    with pytest.raises(rawinput.RawInputError, match="expects 40"):
+        rawinput.input_schema(criteo_schema(), b"1\t2\n", "auto")
+    unlabelled = avazu_schema().without_label()
+    assert unlabelled.is_header(b"id,hour,C1,banner_pos\n")
+    assert rawinput.column_index(unlabelled, "id") == 0
+    assert rawinput.id_values([b"123,14102100,x\n", b"\n"], unlabelled, 0) == ["123", ""]
+    libfm = rawinput.input_schema(libfm_schema(3), b"a:1 b:1 c:1\n", "auto")
     assert parse_chunk(libfm, b"a:1 b:1 c:1\n").ok_idx.tolist() == [0]
     assert predict.format_rows(np.array([0.25, math.nan]), ["a", "b"]) == "a,0.25\nb,nan\n"

@@ -13,15 +13,10 @@ import pytest
 
 from dlf_torchrec.config import DatasetConfig
 from dlf_torchrec.data import parse as P
+from dlf_torchrec.data.features import bucketize, dense_transform
 from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, DatasetMeta
-from dlf_torchrec.data.preprocess import (
-    BadRowError,
-    bucketize,
-    dense_transform,
-    ensure_preprocessed,
-    main,
-    preprocess,
-)
+from dlf_torchrec.data.preprocess import ensure_preprocessed, main, preprocess
+from dlf_torchrec.data.reading import BadRowError
 from dlf_torchrec.data.shards import open_split
 from dlf_torchrec.data.synthetic import generate_criteo_tsv
 
@@ -207,12 +202,12 @@ def test_random_split_deterministic_and_gzip_identical(tmp_path: Path) -> None:
 
 
 def test_without_pandas_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dlf_torchrec.data.preprocess as pp
+    import dlf_torchrec.data.features as features
 
     raw = tmp_path / "syn.tsv"
     generate_criteo_tsv(raw, 1500, seed=4)
     preprocess(cfg_for(tmp_path, raw, output_dir=str(tmp_path / "a"), chunk_rows=400, min_count=2))
-    monkeypatch.setattr(pp, "_pd", None)
+    monkeypatch.setattr(features, "_pd", None)
     preprocess(cfg_for(tmp_path, raw, output_dir=str(tmp_path / "b"), chunk_rows=400, min_count=2))
     for f in ("vocab.json", "train/sparse.bin", "valid/sparse.bin", "test/labels.bin"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

@@ -23,6 +23,7 @@ from dlf_torchrec.config import ConfigError, ExperimentConfig, build_config, loa
 from dlf_torchrec.data.loader import rank_indices
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.preprocess import ensure_preprocessed
+from dlf_torchrec.run import build_unsharded
 from dlf_torchrec.training import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +35,6 @@ SMALL = [f"dataset.synthetic_rows={ROWS}", f"training.batch_size={BATCH}", "trai
 # torchrun's default shared rendezvous store: restarts work because init_distributed prefixes the store per attempt.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
-ENV.pop("DLF_TEST_SLEEP_IN_SAVE", None)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,19 @@ def test_sigkilled_rank_restarts_and_resumes_exactly(data_dir: str, tmp_path: Pa
 # --------------------------------------------------------------------------------------------- 2. interrupted save
 
 
+SLOW_SAVE = """
+import sys, time
+from dlf_torchrec.training import checkpoint
+publish = checkpoint._publish
+def slow_publish(*args, **kwargs):  # shards written, rename not yet done: the test kills the job here
+    time.sleep(2)
+    return publish(*args, **kwargs)
+checkpoint._publish = slow_publish
+from dlf_torchrec.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(data_dir: str, tmp_path: Path) -> None:
     """SIGKILL while a save exists only as ``<name>.partial``: the previous checkpoint loads, the rerun resumes from
     it, and the leftover ``.partial`` is removed by the next successful save."""
@@ -160,8 +173,9 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(data_dir: str, t
     ckdir = run / "checkpoints"
     args = _args(data_dir, run, "training.checkpoint_every_steps=4", "training.epochs=1",
                  "training.evaluate_test=false")
-    proc = _popen([sys.executable, "-m", "dlf_torchrec.train", *args], log,
-                  env={**ENV, "DLF_TEST_SLEEP_IN_SAVE": "2"})
+    script = tmp_path / "slow_save.py"
+    script.write_text(SLOW_SAVE)
+    proc = _popen([sys.executable, str(script), *args], log)
     partial, deadline = None, time.time() + 180
     while partial is None and time.time() < deadline and proc.poll() is None:
         done = ckpt.periodic_checkpoints(str(ckdir))
@@ -178,7 +192,8 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(data_dir: str, t
     assert int(previous[-1].rsplit("_", 1)[1]) < int(partial.name.split("_")[1].split(".")[0])
     # The previous checkpoint is complete and loads (here: exported to the unsharded model).
     cfg = load_config(CONFIG, args[2:])
-    state = ckpt.export_unsharded_state_dict(previous[-1], cfg, DatasetMeta.load(data_dir))
+    model = build_unsharded(cfg, DatasetMeta.load(data_dir).feature_spec)
+    state = ckpt.load_unsharded(previous[-1], model).state_dict()
     assert state and all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point())
 
     rerun = subprocess.run([sys.executable, "-m", "dlf_torchrec.train", *args], cwd=REPO, env=ENV,
@@ -219,7 +234,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoints(data_dir: str, tm
     cfg = load_config(CONFIG, args[2:])
     meta = DatasetMeta.load(str(poisoned))
     for path in [*kept, str(ckdir / "best")]:
-        state = ckpt.export_unsharded_state_dict(path, cfg, meta)
+        state = ckpt.load_unsharded(path, build_unsharded(cfg, meta.feature_spec)).state_dict()
         assert all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point()), path
     assert not (run / "results.json").exists()
 

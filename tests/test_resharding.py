@@ -17,6 +17,7 @@ from dlf_torchrec.config import ShardingConfig, SparseOptimizerConfig, build_con
 from dlf_torchrec.data.meta import CategoricalField, DatasetMeta
 from dlf_torchrec.models.registry import build_model
 from dlf_torchrec.parallel import init_distributed, shard_model
+from dlf_torchrec.run import build_unsharded
 from dlf_torchrec.training import checkpoint as ckpt
 from dlf_torchrec.training.task import TrainTask, build_optimizer, scale_learning_rates
 
@@ -130,11 +131,10 @@ def test_checkpoint_reshards_across_world_sizes(tmp_path, writers: int, readers:
 
     # Export to a plain state dict: the unsharded CPU model predicts what the sharded writer predicted.
     cfg = _cfg()
-    state = ckpt.export_unsharded_state_dict(path, cfg, META)
-    assert all(isinstance(v, torch.Tensor) and not v.is_meta and v.device.type == "cpu" for v in state.values())
     model = build_model(cfg.model_name, META.feature_spec, DIM, cfg.features.init_std, cfg.model)
-    model.load_state_dict(state, strict=True)
-    model.eval()
+    ckpt.load_unsharded(path, model).eval()
+    state = model.state_dict()
+    assert all(isinstance(v, torch.Tensor) and not v.is_meta and v.device.type == "cpu" for v in state.values())
     batch = _batch(FIXED_SEED)
     with torch.no_grad():
         logits = model(batch.dense_features, batch.sparse_features).logits
@@ -145,4 +145,4 @@ def test_checkpoint_reshards_across_world_sizes(tmp_path, writers: int, readers:
 def test_export_rejects_incomplete_checkpoint(tmp_path) -> None:
     (tmp_path / "step_00000001.partial").mkdir()
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        ckpt.export_unsharded_state_dict(str(tmp_path / "step_00000001.partial"), _cfg(), META)
+        ckpt.load_unsharded(str(tmp_path / "step_00000001.partial"), build_unsharded(_cfg(), META.feature_spec))

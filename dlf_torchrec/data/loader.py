@@ -30,20 +30,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dlf_torchrec.data.meta import DatasetMeta, FeatureSpec
+from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.shards import SplitArrays, open_split
 
 PAD_LABEL = -1.0
-
-
-def load_meta(data_dir: str) -> DatasetMeta:
-    """The :class:`DatasetMeta` of a preprocessed dataset directory."""
-    return DatasetMeta.load(data_dir)
-
-
-def load_feature_spec(data_dir: str) -> FeatureSpec:
-    """The :class:`FeatureSpec` (categorical fields with vocab sizes, dense names) of a preprocessed directory."""
-    return DatasetMeta.load(data_dir).feature_spec
 
 
 def rank_rows(n: int, rank: int, world_size: int, *, for_eval: bool) -> int:
@@ -127,14 +117,6 @@ class CTRDataLoader:
         self.dataset = dataset
         self.num_workers = num_workers
         self.keys = dataset.meta.feature_spec.categorical_names
-
-    @property
-    def meta(self) -> DatasetMeta:
-        return self.dataset.meta
-
-    @property
-    def feature_spec(self) -> FeatureSpec:
-        return self.dataset.meta.feature_spec
 
     def __len__(self) -> int:
         return len(self.dataset)

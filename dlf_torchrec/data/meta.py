@@ -11,10 +11,11 @@ A preprocessed dataset directory looks like::
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from dlf_torchrec import io
 
 META_FILE = "meta.json"
 VOCAB_FILE = "vocab.json"
@@ -72,20 +73,15 @@ class DatasetMeta:
         return FeatureSpec(categorical=tuple(self.categorical), dense=tuple(self.dense))
 
     def save(self, directory: str) -> None:
-        path = os.path.join(directory, META_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, path)
+        io.write_json(os.path.join(directory, META_FILE), asdict(self))
 
     @classmethod
     def load(cls, directory: str) -> DatasetMeta:
         path = os.path.join(directory, META_FILE)
-        if not os.path.exists(path):
+        if not io.exists(path):
             raise FileNotFoundError(f"{path} not found: preprocess the dataset first "
                                     f"(python -m dlf_torchrec.data.preprocess --config <experiment.yaml>)")
-        with open(path) as f:
-            raw = json.load(f)
+        raw = io.read_json(path)
         if raw.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: format_version {raw.get('format_version')} != {FORMAT_VERSION}; "
                              f"re-run preprocessing")

@@ -7,7 +7,8 @@ Two entry points with identical semantics:
 * :func:`parse_chunk` (vectorised): a buffer of whole lines -> :class:`ParsedChunk` of numpy columns. Criteo and
   Avazu rows are validated and decoded with numpy on the whole chunk; only lines the fast path cannot accept
   (malformed, or unusual such as tokens longer than 8 bytes) go through :func:`parse_line`, so the reasons and line
-  indices of rejections always come from the reference parser.
+  indices of rejections always come from the reference parser. The fast parser of a format is the one its module
+  in :mod:`dlf_torchrec.data.formats` declares.
 
 Row rules (all formats): the line terminator (``\\n``, ``\\r\\n``) is removed; a NUL byte rejects the line
 ("nul byte"); a line of only whitespace is a "blank line"; a wrong number of columns is "wrong field count".
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dlf_torchrec.data.fastparse import Fields
+from dlf_torchrec.data.formats import FORMATS
 from dlf_torchrec.data.schema import MAX_TOKEN_BYTES, Schema
 
 BLANK = "blank line"
@@ -51,10 +54,6 @@ NUL_BYTE = "nul byte"
 BAD_INPUT = "not text"
 REASONS = (BLANK, FIELD_COUNT, NON_INT, INT_RANGE, NON_NUMERIC, NON_HEX, BAD_LABEL, BAD_HOUR, BAD_ITEM,
            TOKEN_TOO_LONG, NUL_BYTE, BAD_INPUT)
-
-# Lines longer than this always take the per-row path (bounds the fast path's per-column memory).
-MAX_FAST_LINE = 1024
-
 
 class RowRejected(ValueError):
     """A raw line that is not a valid row. ``reason`` is one of :data:`REASONS`; ``detail`` says where/what."""
@@ -191,11 +190,6 @@ def parse_line(schema: Schema, line: bytes | str) -> Row:
     return Row(label, tuple(numeric), tuple(tokens[n] for n in schema.categorical_fields))
 
 
-def detect_libfm_fields(line: bytes | str) -> int:
-    """Number of feature positions of a libFM line (items after the label)."""
-    return max(len(_to_bytes(line).split()) - 1, 0)
-
-
 # ------------------------------------------------------------------------------------------- chunk parsing
 
 
@@ -261,158 +255,6 @@ def _parse_rows(schema: Schema, lines: list[bytes], idx: list[int]) -> tuple[lis
     return ok_idx, rows, rejected
 
 
-_HEX_LUT = np.zeros(256, dtype=bool)
-for _c in b"0123456789abcdefABCDEF":
-    _HEX_LUT[_c] = True
-_HEX_LUT[0] = True  # zero padding beyond the token (NUL bytes inside lines never reach the fast path)
-_ONES8 = np.uint64(0x0101010101010101)
-_ASCII0 = np.uint64(0x3030303030303030)
-_HI_NIB = np.uint64(0xF0F0F0F0F0F0F0F0)
-_SIX = np.uint64(0x0606060606060606)
-# _MASK[l]: keeps the first l bytes of a left-aligned (big-endian) 8-byte window; l >= 8 keeps all.
-_MASK = np.array([0] + [((1 << (8 * n)) - 1) << (8 * (8 - n)) for n in range(1, 9)] + [(1 << 64) - 1],
-                 dtype=np.uint64)
-# _ZFILL[l]: ASCII '0' in the 8 - l high bytes (right-aligned number of l digits gets leading zeros).
-_ZFILL = np.array([0x3030303030303030 & ~((1 << (8 * n)) - 1) for n in range(9)], dtype=np.uint64)
-
-
-class _Fields:
-    """Field boundaries of the lines of a buffer that have exactly ``n_cols`` delimited fields (eligible lines)
-    and packed 8-byte windows of fields."""
-
-    def __init__(self, buf: bytes, delim: int, n_cols: int, forbid: bytes = b"") -> None:
-        a = np.frombuffer(buf, dtype=np.uint8)
-        seps = np.flatnonzero((a == delim) | (a == 10))
-        nl_k = np.flatnonzero(a[seps] == 10)  # index into seps of each line end
-        n = len(nl_k)
-        nl = seps[nl_k]
-        start = np.empty(n, dtype=np.int64)
-        start[:1] = 0
-        start[1:] = nl[:-1] + 1
-        short = nl - start <= MAX_FAST_LINE
-        regular = len(seps) == n * n_cols and bool(np.all(nl_k == np.arange(n_cols - 1, len(seps), n_cols)))
-        forbid += b"\x00"
-        has_forbidden = any(c in buf for c in (forbid[i:i + 1] for i in range(len(forbid))))
-        if regular and not has_forbidden and bool(short.all()):
-            ei = np.arange(n)
-            end = seps.reshape(n, n_cols)
-        else:
-            fields = np.diff(nl_k, prepend=-1)
-            elig = (fields == n_cols) & short
-            if has_forbidden:
-                bad = np.isin(a, np.frombuffer(forbid, dtype=np.uint8))
-                elig[np.searchsorted(nl, np.flatnonzero(bad))] = False
-            ei = np.flatnonzero(elig)
-            end = seps[nl_k[ei][:, None] - (n_cols - 1) + np.arange(n_cols)]
-        if b"\r" in buf:  # a CR right before the newline belongs to the terminator, not to the last field
-            cr = a[np.maximum(nl[ei] - 1, 0)] == 13
-            end = end.copy()
-            end[:, -1] -= cr & (nl[ei] > start[ei])
-        beg = np.empty_like(end)
-        beg[:, 0] = start[ei]
-        beg[:, 1:] = end[:, :-1] + 1
-        self.n_lines = n
-        self.line_start, self.line_end = start, nl
-        self.eligible = ei
-        self.beg, self.len = beg, end - beg
-        padded = buf + b"\x00" * 8
-        # 8-byte big-endian windows starting at every byte offset (unaligned strided view, no copy).
-        self._win = np.ndarray((len(buf) + 1,), dtype=">u8", buffer=padded, strides=(1,))
-
-    def window(self, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-        """Packed first 8 bytes of the given fields, zeroed beyond the field: (uint64 [m, k], lengths [m, k])."""
-        beg, ln = self.beg[:, cols], self.len[:, cols]
-        w = self._win[beg].astype(np.uint64)
-        return w & _MASK[np.minimum(ln, 9)], ln
-
-
-def _label01(f: _Fields, col: int) -> tuple[np.ndarray, np.ndarray]:
-    k, ln = f.window(slice(col, col + 1))
-    c = (k[:, 0] >> np.uint64(56)).astype(np.int64)
-    return (ln[:, 0] == 1) & ((c == 48) | (c == 49)), (c - 48).astype(np.float32)
-
-
-def _swar_ints(k: np.ndarray, ln: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Packed ``-?[0-9]{1,8}`` fields -> (valid bool, value float64 with NaN for empty). Longer ones are invalid."""
-    neg = (k >> np.uint64(56)) == 45
-    k2 = np.where(neg, k << np.uint64(8), k)
-    l2 = ln - neg
-    ok = (ln <= 8) & ((ln == 0) | (l2 >= 1))
-    l2c = np.clip(l2, 0, 8)
-    r = k2 >> np.minimum(8 * (8 - l2c), 63).astype(np.uint64)
-    v = r | _ZFILL[l2c]
-    ok &= ((v & _HI_NIB) == _ASCII0) & (((v + _SIX) & _HI_NIB) == _ASCII0)
-    d = v - _ASCII0
-    d = ((d >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(10) + (d & np.uint64(0x00FF00FF00FF00FF))
-    d = ((d >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(100) + (
-        d & np.uint64(0x0000FFFF0000FFFF))
-    d = (d >> np.uint64(32)) * np.uint64(10000) + (d & np.uint64(0xFFFFFFFF))
-    val = d.astype(np.float64)
-    val = np.where(neg, -val, val)
-    return ok, np.where(ln == 0, np.nan, val)
-
-
-def _hex_ok(k: np.ndarray, ln: np.ndarray) -> np.ndarray:
-    """[m, j] packed fields -> bool [m]: every field is empty or 1-8 hex digits."""
-    kc = np.ascontiguousarray(k)
-    flags = _HEX_LUT[kc.view(np.uint8)].view(np.uint64).reshape(k.shape)
-    return ((flags == _ONES8) & (ln <= 8)).all(1)
-
-
-def _fast_criteo(f: _Fields) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    ok, labels = _label01(f, 0)
-    ik, il = f.window(slice(1, 14))
-    iok, numeric = _swar_ints(ik, il)
-    ok &= iok.all(1)
-    ck, cl = f.window(slice(14, 40))
-    ok &= _hex_ok(ck, cl)
-    return ok, labels, numeric, ck
-
-
-def _fast_avazu(f: _Fields) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    ok, labels = _label01(f, 1)
-    hk, hl = f.window(slice(2, 3))
-    hb = hk[:, 0].astype(">u8").view(np.uint8).reshape(-1, 8).astype(np.int64)
-    ok &= (hl[:, 0] == 8) & ((hb >= 48) & (hb <= 57)).all(-1)
-    d = hb - 48
-    yy, mm, dd, hh = d[:, 0] * 10 + d[:, 1], d[:, 2] * 10 + d[:, 3], d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
-    ok &= (mm >= 1) & (mm <= 12) & (hh <= 23) & (dd >= 1)
-    months = (30 + yy) * 12 + np.clip(mm - 1, 0, 11)  # months since 1970-01
-    first_day = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
-    next_first = (months + 1).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
-    ok &= dd <= next_first - first_day
-    weekday = (first_day + dd - 1 + 4) % 7  # 1970-01-01 was a Thursday (%w = 4)
-    ck, cl = f.window(slice(3, 24))
-    ok &= (cl <= 8).all(1)
-    hour_key = (hb[:, 6].astype(np.uint64) << np.uint64(56)) | (hb[:, 7].astype(np.uint64) << np.uint64(48))
-    wd_key = (weekday + 48).astype(np.uint64) << np.uint64(56)
-    we_key = np.where((weekday == 6) | (weekday == 0), 49, 48).astype(np.uint64) << np.uint64(56)
-    keys = np.concatenate([hour_key[:, None], ck, wd_key[:, None], we_key[:, None]], axis=1)
-    return ok, labels, np.zeros((len(ok), 0), dtype=np.float64), keys
-
-
-def _fast_libfm(f: _Fields) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Single-space separated ``label id:val ...`` lines with items of at most 8 bytes."""
-    k, ln = f.window(slice(0, 1))
-    b = k[:, 0].astype(">u8").view(np.uint8).reshape(-1, 8)
-    one = (ln[:, 0] == 1) & (b[:, 0] == 49)
-    zero = (ln[:, 0] == 1) & (b[:, 0] == 48)
-    plus = (ln[:, 0] == 2) & (b[:, 0] == 43) & (b[:, 1] == 49)
-    minus = (ln[:, 0] == 2) & (b[:, 0] == 45) & (b[:, 1] == 49)
-    ok = one | zero | plus | minus
-    labels = (one | plus).astype(np.float32)
-    ik, il = f.window(slice(1, None))
-    ib = np.ascontiguousarray(ik).astype(">u8").view(np.uint8).reshape(*ik.shape, 8)
-    colon = ib == 58
-    pos = colon.argmax(-1)
-    ok &= ((il <= 8) & colon.any(-1) & (pos >= 1)).all(1)
-    keys = ik & _MASK[pos]
-    return ok, labels, np.zeros((len(ok), 0), dtype=np.float64), keys
-
-
-_FAST = {"criteo": (_fast_criteo, 9, b""), "avazu": (_fast_avazu, 44, b""), "libfm": (_fast_libfm, 32, b"\t\x0b\x0c\r")}
-
-
 # Buffers are parsed in pieces of about this many bytes (keeps temporaries cache- and allocator-friendly).
 PIECE_BYTES = 4 << 20
 
@@ -445,7 +287,8 @@ def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
 def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
     if buf and not buf.endswith(b"\n"):
         buf += b"\n"
-    fast = _FAST.get(schema.format)
+    fmt = FORMATS.get(schema.format)
+    fast = fmt.fast if fmt is not None else None
     if fast is None or not buf:
         lines = buf.split(b"\n")[:-1]
         ok_idx, rows, rejected = _parse_rows(schema, lines, list(range(len(lines))))
@@ -454,9 +297,8 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         if lines:
             line_start[1:] = np.cumsum([len(x) + 1 for x in lines[:-1]])
         return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected, line_start)
-    fn, delim, forbid = fast
-    f = _Fields(buf, delim, schema.n_columns, forbid)
-    ok, labels, numeric, keys = fn(f)
+    f = Fields(buf, fast.delimiter, schema.n_columns, fast.forbid)
+    ok, labels, numeric, keys = fast.parse(f)
     fast_idx = f.eligible[ok]
     slow_mask = np.ones(f.n_lines, dtype=bool)
     slow_mask[fast_idx] = False

@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from dlf_torchrec import io
+
 CARDINALITIES = (1000, 500, 100_000, 50_000, 200, 20, 5000, 300, 10, 2000, 30_000, 1500, 50, 100_000, 30,
                  8000, 10, 3000, 400, 4, 80_000, 12, 60, 20_000, 100, 700)
 # field index -> std of its per-token weights (fields not listed carry no signal).
@@ -108,9 +110,8 @@ def generate_criteo_tsv(path: str | os.PathLike[str], rows: int, seed: int) -> s
     model = _Model(seed)
     model.bias = _calibrate(model, seed)
     rng = np.random.default_rng([seed, 3])
-    tmp = path + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "wb") as f:
+    with io.atomic_open(path, "wb") as f:
         done = 0
         while done < rows:
             n = min(BLOCK_ROWS, rows - done)
@@ -118,7 +119,6 @@ def generate_criteo_tsv(path: str | os.PathLike[str], rows: int, seed: int) -> s
             labels = (rng.random(n) < 1 / (1 + np.exp(-(logit + model.bias)))).astype(np.int64)
             f.write(_format_block(labels, ints, idx, missing))
             done += n
-    os.replace(tmp, path)
     return path
 
 

@@ -13,7 +13,6 @@ without ``trainer_state.json`` or with the ``.partial`` suffix is ignored.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -24,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+
+from dlf_torchrec import io
 
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_rank{rank}_of_{world}.pt"
@@ -52,17 +53,20 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any, trainer_state: 
     _barrier()
     dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=partial)
     torch.save(_local_state(model, optimizer), os.path.join(partial, _rng_file()))
-    _test_hook("DLF_TEST_SLEEP_IN_SAVE")
     _barrier()
     if _is_main():
-        with open(os.path.join(partial, STATE_FILE), "w") as f:
-            json.dump(trainer_state, f, indent=2)
-        old = path + ".old"
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(partial, path)
-        shutil.rmtree(old, ignore_errors=True)
+        _publish(partial, path, trainer_state)
     _barrier()
+
+
+def _publish(partial: str, path: str, trainer_state: dict[str, Any]) -> None:
+    """Rank 0, every rank's shards written: mark ``partial`` complete and rename it to ``path``."""
+    io.write_json(os.path.join(partial, STATE_FILE), trainer_state)
+    old = path + ".old"
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(partial, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -> dict[str, Any]:
@@ -94,31 +98,39 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
         if others:
             local = torch.load(os.path.join(path, others[0]), weights_only=False)
             _set_hyper_parameters(optimizer, local.get("param_groups", []))
-    with open(os.path.join(path, STATE_FILE)) as f:
-        return json.load(f)
+    return io.read_json(os.path.join(path, STATE_FILE))
 
 
-def export_unsharded_state_dict(checkpoint_path: str, cfg: Any, meta: Any) -> dict[str, torch.Tensor]:
-    """The model weights of a (sharded, any world size) checkpoint as a plain CPU state dict for inference.
+def load_unsharded(checkpoint_path: str, model: nn.Module) -> nn.Module:
+    """Load the model weights of a (sharded, any world size) checkpoint into the unsharded ``model``; returns it.
 
-    The result loads with ``strict=True`` into ``build_model(cfg.model_name, meta.feature_spec,
-    cfg.features.embedding_dim, cfg.features.init_std, cfg.model)`` (the unsharded model, no ``TrainTask``
-    prefix). ``cfg`` is the :class:`~dlf_torchrec.config.ExperimentConfig` the checkpoint was trained with and
-    ``meta`` the :class:`~dlf_torchrec.data.meta.DatasetMeta` of its dataset. DCP gathers every shard into full
-    tensors; runs in a single process (no process group needed; if one is initialised, each rank reads the whole
-    checkpoint independently). Optimiser state and RNG files are not read.
+    ``model`` is the plain model the checkpoint was trained as (no training wrapper, no sharding): the checkpoint
+    holds it under a prefix (the trainer's task wrapper), found here from the saved keys. DCP gathers every shard
+    into full tensors; runs in a single process (no process group needed; if one is initialised, each rank reads
+    the whole checkpoint independently). Optimiser state and RNG files are not read.
     """
-    from dlf_torchrec.models.registry import build_model  # local: models import training-side modules
-
     if not is_complete(checkpoint_path):
         raise FileNotFoundError(f"{checkpoint_path}: not a complete checkpoint (missing {STATE_FILE})")
-    model = build_model(cfg.model_name, meta.feature_spec, cfg.features.embedding_dim, cfg.features.init_std,
-                        cfg.model, device=torch.device("cpu"))
     target = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    # The trainer saves TrainTask(model) wrapped in DistributedModelParallel: keys are "model." + unsharded key.
-    wrapped = {f"model.{k}": v for k, v in target.items()}
+    prefix = _saved_prefix(checkpoint_path, list(target))
+    wrapped = {prefix + k: v for k, v in target.items()}
     dcp.load({"model": wrapped}, checkpoint_id=checkpoint_path, no_dist=True)
-    return {k: wrapped[f"model.{k}"].contiguous() for k in target}
+    model.load_state_dict({k: wrapped[prefix + k].contiguous() for k in target}, strict=True)
+    return model
+
+
+def _saved_prefix(checkpoint_path: str, keys: list[str]) -> str:
+    """The prefix under which the checkpoint's ``model`` entry holds every one of ``keys``."""
+    top = "model."
+    saved = {k[len(top):] for k in dcp.FileSystemReader(checkpoint_path).read_metadata().state_dict_metadata
+             if k.startswith(top)}
+    longest = max(keys, key=len)
+    for name in saved:
+        if name.endswith(longest):
+            prefix = name[:len(name) - len(longest)]
+            if all(prefix + k in saved for k in keys):
+                return prefix
+    raise ValueError(f"{checkpoint_path}: the checkpoint does not hold this model's weights")
 
 
 def _recover(path: str) -> None:
@@ -127,16 +139,6 @@ def _recover(path: str) -> None:
     if not os.path.exists(path) and is_complete(old) and _is_main():
         os.replace(old, path)
     _barrier()
-
-
-def _test_hook(env: str) -> None:
-    """Tests only: ``DLF_TEST_SLEEP_IN_SAVE=<seconds>`` pauses between the shard writes and the rename, so a test
-    can kill the job while only ``<name>.partial`` exists. Unset in every real run."""
-    seconds = os.environ.get(env)
-    if seconds:
-        import time
-
-        time.sleep(float(seconds))
 
 
 def _init_optimizer_state(model: nn.Module, optimizer: Any) -> None:

@@ -1,0 +1,209 @@
+"""Reading raw input in chunks: opening (``-`` = stdin, ``.gz`` through gzip), header detection, byte-range and
+line-count chunks, and the one record of rejected rows (:class:`Rejections`).
+
+Preprocessing cuts plain files into byte ranges that worker processes read themselves (:func:`file_chunks`);
+gzip input is cut here into blocks of exactly ``chunk_rows`` lines. Scoring reads a line stream in blocks of
+``chunk_rows`` lines (:func:`line_chunks`).
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import itertools
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+
+from dlf_torchrec.data.schema import Schema
+
+READ_BYTES = 16 << 20
+MAX_EXAMPLES = 10
+
+RejectList = list[tuple[int, str, str]]  # (line index within the chunk, reason, detail)
+
+
+class BadRowError(ValueError):
+    """A malformed row under ``bad_rows: fail``; the message is ``file:line: reason``."""
+
+
+class Rejections:
+    """Malformed rows: ``fail`` raises :class:`BadRowError` (``file:line: reason``) at the first one, ``skip``
+    counts them by reason and keeps the first :data:`MAX_EXAMPLES` as ``file:line: reason (detail)``."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.by_reason: collections.Counter[str] = collections.Counter()
+        self.examples: list[str] = []
+        self.total = 0
+
+    def add(self, name: str, first_line: int, rejected: Iterable[tuple[int, str, str]]) -> None:
+        """Record a chunk's rejections; ``first_line`` is the 1-based line number of the chunk's first line."""
+        for idx, reason, detail in rejected:
+            text = f"{name}:{first_line + idx}: {reason}" + (f" ({detail})" if detail else "")
+            if self.policy == "fail":
+                raise BadRowError(text)
+            self.by_reason[reason] += 1
+            self.total += 1
+            if len(self.examples) < MAX_EXAMPLES:
+                self.examples.append(text)
+
+
+def report_rejections(tag: str, by_reason: dict[str, int], examples: list[str]) -> None:
+    """Counts by reason and the kept examples on stderr, each line prefixed by ``tag``."""
+    for reason, n in sorted(by_reason.items()):
+        print(f"{tag}   {n:,} x {reason}", file=sys.stderr)
+    for ex in examples:
+        print(f"{tag}   e.g. {ex}", file=sys.stderr)
+
+
+def open_input(path: str) -> IO[bytes]:
+    """``-`` = stdin; ``.gz`` is read through gzip."""
+    if path == "-":
+        return sys.stdin.buffer
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input file not found: {path}")
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
+
+
+def header_bytes(path: str, schema: Schema) -> int:
+    """Length of the header line of file ``path`` to skip (0 if none)."""
+    if not schema.header:
+        return 0
+    with open_input(path) as f:
+        first = f.readline()
+    return len(first) if first and schema.is_header(first) else 0
+
+
+def first_nonblank_line(path: str) -> bytes:
+    """The first non-blank line of file ``path`` (e.g. to count libFM fields)."""
+    with open_input(path) as f:
+        for line in f:
+            if line.strip():
+                return line
+    raise ValueError(f"{path}: no data line to detect the number of libFM fields from")
+
+
+# ------------------------------------------------------------------------------------ file chunks (preprocessing)
+
+
+@dataclass
+class FileChunk:
+    """One chunk: in memory (``buf``, gzip input) or the lines starting in bytes [lo, hi) of ``path`` (read by
+    the worker). ``offset``: byte offset of the chunk in the (decompressed) file, known once read."""
+
+    file_idx: int
+    chunk_idx: int
+    buf: bytes | None = None
+    offset: int = 0
+    path: str = ""
+    lo: int = 0
+    hi: int = 0
+    base: int = 0
+
+    def read(self) -> tuple[bytes, int]:
+        """(chunk bytes, their byte offset in the file)."""
+        if self.buf is not None:
+            return self.buf, self.offset
+        with open(self.path, "rb") as f:
+            start = self.lo
+            if self.lo > self.base:  # skip the line that started in the previous chunk
+                f.seek(self.lo - 1)
+                start = self.lo - 1 + len(f.readline())
+            if start >= self.hi:
+                return b"", start
+            f.seek(start)
+            data = f.read(self.hi - start)
+            if data and not data.endswith(b"\n"):  # complete the last line started inside [lo, hi)
+                data += f.readline()
+            return data, start
+
+
+def _nth_newline(buf: bytes, n: int) -> int:
+    """Offset of the n-th (1-based) newline of ``buf`` (which has at least n)."""
+    if n <= 4096:
+        pos = -1
+        for _ in range(n):
+            pos = buf.find(b"\n", pos + 1)
+        return pos
+    return int(np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)[n - 1])
+
+
+def file_chunks(path: str, file_idx: int, schema: Schema, chunk_rows: int) -> Iterator[FileChunk]:
+    """Chunks of one file (header skipped). Plain files: byte ranges of about ``chunk_rows`` lines (estimated from
+    the first MiB), read by the workers themselves. Gzip: blocks of exactly ``chunk_rows`` lines read here."""
+    base = header_bytes(path, schema)
+    if not path.endswith(".gz"):
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(base)
+            sample = f.read(1 << 20)
+        per_line = max(len(sample) / max(sample.count(b"\n"), 1), 1.0)
+        step = max(int(chunk_rows * per_line), 1)
+        for chunk_idx, lo in enumerate(range(base, size, step)):
+            yield FileChunk(file_idx, chunk_idx, path=path, lo=lo, hi=min(lo + step, size), base=base)
+        return
+    with open_input(path) as f:
+        if base:
+            f.readline()
+        yield from _gzip_blocks(f, file_idx, chunk_rows, base)
+
+
+def _gzip_blocks(f: IO[bytes], file_idx: int, chunk_rows: int, offset: int) -> Iterator[FileChunk]:
+    """Blocks of exactly ``chunk_rows`` lines of a stream (the last one shorter), read ``READ_BYTES`` at a time."""
+    blocks: list[bytes] = []
+    counts: list[int] = []
+    total = 0
+    eof = False
+    chunk_idx = 0
+    while True:
+        if total < chunk_rows and not eof:
+            block = f.read(READ_BYTES)
+            if block:
+                blocks.append(block)
+                counts.append(block.count(b"\n"))
+                total += counts[-1]
+            else:
+                eof = True
+            continue
+        if total >= chunk_rows:
+            last, last_n = blocks[-1], counts[-1]
+            need = chunk_rows - (total - last_n)
+            cut = _nth_newline(last, need) + 1
+            piece = b"".join(blocks[:-1]) + last[:cut]
+            rest = last[cut:]
+            blocks, counts = ([rest], [last_n - need]) if rest else ([], [])
+            total = last_n - need
+        else:  # end of file: the rest (a final line may lack its newline)
+            piece = b"".join(blocks)
+            blocks, counts, total = [], [], 0
+            if not piece:
+                return
+        yield FileChunk(file_idx, chunk_idx, buf=piece, offset=offset)
+        chunk_idx += 1
+        offset += len(piece)
+
+
+# ------------------------------------------------------------------------------------ line chunks (scoring)
+
+
+@dataclass
+class LineChunk:
+    """Consecutive raw lines of a stream; ``first_line`` is the 1-based line number of ``lines[0]``."""
+
+    first_line: int
+    lines: list[bytes]
+
+
+def line_chunks(lines: Iterator[bytes], chunk_rows: int, first_line: int) -> Iterator[LineChunk]:
+    """Chunks of at most ``chunk_rows`` lines (bounded memory)."""
+    while True:
+        block = list(itertools.islice(lines, chunk_rows))
+        if not block:
+            return
+        yield LineChunk(first_line, block)
+        first_line += len(block)
