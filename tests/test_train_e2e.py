@@ -42,6 +42,6 @@ def test_dcnv2_on_avazu_head(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~2 min on a quiet 2-core machine; 10+ min when the machine is shared
 def test_dcnv2_on_frappe(tmp_path: Path) -> None:
-    results = train("configs/frappe/dcnv2.yaml", tmp_path, "training.epochs=3")  # 0.959 after 3 epochs (BARS protocol, seed 2019)
+    results = train("configs/frappe/dcnv2.yaml", tmp_path, "training.epochs=3")  # 0.959 after 3 epochs, seed 2019
     assert results["valid"]["auc"] > 0.95, results
     assert results["valid"]["rows"] == 57722 and "test" not in results

@@ -8,8 +8,8 @@ Pipeline (memory bounded by ``chunk_rows``, not by input size; the vocabularies 
 
 1. Pass 1 over the TRAIN input: chunks of ``chunk_rows`` lines are parsed (:func:`parse.parse_chunk`), rows are
    assigned to splits, and token counts of the train rows are accumulated per field.
-2. Vocabulary (FuxiCTR rule, MODELS.md 3.1; :mod:`~dlf_torchrec.data.vocab`): tokens with count >= ``min_count``
-   are kept and numbered 1..K (:mod:`~dlf_torchrec.data.features`: ids, PAD, OOV, numeric transforms).
+2. Vocabulary (FuxiCTR rule, docs/data.md#vocabulary; :mod:`~dlf_torchrec.data.vocab`): tokens with count >=
+   ``min_count`` are kept and numbered 1..K (:mod:`~dlf_torchrec.data.features`: ids, PAD, OOV, numeric transforms).
 3. Pass 2 over every input: parse again, map tokens to ids, append to ``<split>/*.bin``; ``vocab.json``, then
    ``meta.json`` are written last (``meta.json`` is deleted first, so an interrupted run never looks complete).
 
