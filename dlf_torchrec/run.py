@@ -82,10 +82,9 @@ def load_run(run_dir: str, checkpoint: str = "best", data_dir: str | None = None
 
 def build_unsharded(cfg: ExperimentConfig, spec: FeatureSpec, device: Any = "cpu") -> nn.Module:
     """The (freshly initialised) unsharded model that ``cfg`` describes, on features ``spec``."""
-    from dlf_torchrec.models.registry import build_model
+    from dlf_torchrec.training.stack import build_task
 
-    return build_model(cfg.model_name, spec, cfg.features.embedding_dim, cfg.features.init_std, cfg.model,
-                       device=torch.device(device))
+    return build_task(cfg, spec, torch.device(device)).model
 
 
 def load_model(run: Run) -> nn.Module:
