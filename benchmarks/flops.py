@@ -38,13 +38,13 @@ def model_flops(config: str, overrides: list[str], batch: int) -> tuple[float, f
     from dlf_torchrec.config import load_config
     from dlf_torchrec.data.meta import DatasetMeta
     from dlf_torchrec.data.preprocess import ensure_preprocessed
-    from dlf_torchrec.models.registry import build_model
+    from dlf_torchrec.training.stack import build_task
 
     cfg = load_config(os.path.join(common.REPO_ROOT, config), [*overrides, "dataset.progress=false"])
     ensure_preprocessed(cfg.dataset)
     spec = DatasetMeta.load(cfg.dataset.output_dir).feature_spec
     torch.manual_seed(2019)
-    model = build_model(cfg.model_name, spec, cfg.features.embedding_dim, cfg.features.init_std, cfg.model)
+    model = build_task(cfg, spec).model
     model.train()
     inputs = quality.random_batch(spec, batch, torch.Generator().manual_seed(2019))
     with FlopCounterMode(display=False) as forward_counter:
