@@ -7,9 +7,10 @@ Each row of a suite is ``(label, dataset, config file, overrides)``; each row ru
 
 Everything else (dataset, split files / ``dataset.split_seed``, batch size, optimiser, early stopping) stays as the
 config has it, so every row of a suite follows the configs' protocol (Frappe: configs/frappe/base.yaml, the BARS
-protocol: early stop patience 2 on valid AUC) under the same epoch cap. Per run, ``results.json`` (best checkpoint's valid and, where the config
-has a test split, test metrics) and the median ``samples_per_s`` of the ``train_epoch`` events of ``metrics.jsonl``
-are collected; per row the mean ± std (sample std, n - 1) over seeds is reported.
+protocol: early stop patience 2 on valid AUC) under the same epoch cap. Per run, ``results.json`` (best
+checkpoint's valid and, where the config has a test split, test metrics) and the median ``samples_per_s`` of the
+``train_epoch`` events of ``metrics.jsonl`` are collected; per row the mean ± std (sample std, n - 1)
+over seeds is reported.
 
 Suites (``--suite``):
 
@@ -467,9 +468,9 @@ def write_tables(suite: str, table: list[dict[str, Any]], args: argparse.Namespa
         + "); epochs run per seed in the table",
         f"- seeds: {' '.join(map(str, args.seeds))} (`training.seed`; splits as configured: Frappe uses its fixed "
         "train/validation files, the heads their configured `dataset.split_seed`); mean ± sample std over seeds",
-        "- metrics: best checkpoint (monitor as configured: AUC in every shipped config) on valid, and on test where the config has a test split "
-        "(the Criteo / Avazu heads' random 8:1:1 split); Frappe has no test split here (the published test split "
-        "is kept aside)",
+        "- metrics: best checkpoint (monitor as configured: AUC in every shipped config) on valid, and on test where "
+        "the config has a test split (the Criteo / Avazu heads' random 8:1:1 split); Frappe has no test split here "
+        "(the published test split is kept aside)",
         "- train samples/s: median over epochs of the trainer's own `train_epoch` samples_per_s (batch as configured;"
         " includes data loading), median over seeds",
     ]
