@@ -322,8 +322,22 @@ def read_ours(spec: str) -> tuple[str, dict[int, dict]]:
     per_epoch: dict[int, dict] = {}
     for e in read_events(path):
         if e.get("event") == "eval" and e.get("split", "valid") == "valid":
-            per_epoch[int(e["epoch"])] = e
+            # our trainer counts epochs from 0 (the eval after the first pass has epoch 0); FuxiCTR from 1
+            per_epoch[int(e["epoch"]) + 1] = e
     return label, per_epoch
+
+
+def _md_value(column: str, value: object) -> object:
+    """AUC to 6 decimals, logloss to 4, lr as 1e-03 (markdown_table would round everything to 4 digits)."""
+    if not isinstance(value, float):
+        return value
+    if column.endswith("auc"):
+        return f"{value:.6f}"
+    if column.endswith("logloss"):
+        return f"{value:.4f}"
+    if column.endswith("_lr"):
+        return f"{value:.0e}"
+    return value
 
 
 def write_tables(out: str, ours: list[str]) -> None:
@@ -355,9 +369,10 @@ def write_tables(out: str, ours: list[str]) -> None:
         for ep, e in per_epoch.items():
             row = table.setdefault(ep, {"epoch": ep})
             row.update({f"{label}_auc": round(e["auc"], 6), f"{label}_logloss": round(e["logloss"], 6)})
-        best = max(per_epoch.values(), key=lambda e: e["auc"]) if per_epoch else None
+        best_ep = max(per_epoch, key=lambda k: (per_epoch[k]["auc"], -k)) if per_epoch else None
+        best = per_epoch.get(best_ep) if best_ep is not None else None
         summaries.append({"run": label, "model": "ours", "epochs": len(per_epoch), "status": spec,
-                          "best_epoch": best and best["epoch"], "best_auc": best and round(best["auc"], 6),
+                          "best_epoch": best_ep, "best_auc": best and round(best["auc"], 6),
                           "best_logloss": best and round(best["logloss"], 6)})
     rows = [table[k] for k in sorted(table)]
     stamp = make_stamp()
@@ -369,6 +384,10 @@ def write_tables(out: str, ours: list[str]) -> None:
     not_run = [f"{m} seed {s}" for m, s in STANDARD_RUNS if (m, s) not in present]
     sum_cols = ["run", "model", "seed", "status", "epochs", "best_epoch", "best_auc", "best_logloss", "wall_s",
                 "table_rows", "parameters", "fuxictr", "torch", "fuxictr_commit", "utc_time"]
+    md_rows = [{c: _md_value(c, r.get(c)) for c in columns} for r in rows]
+    for s in summaries:
+        for k in ("best_auc", "best_logloss"):
+            s[k] = _md_value(k, s.get(k))
     sections = [
         ("What this is",
          "FuxiCTR 2.3.10 (PyPI) + reczoo/FuxiCTR `model_zoo` at the commit shown, BARS `DCNv2_frappe_x1` / "
@@ -379,7 +398,7 @@ def write_tables(out: str, ours: list[str]) -> None:
         ("Runs", markdown_table(summaries, sum_cols) + (
             "\n\nNot run: " + ", ".join(not_run) if not_run else "")),
         ("Commands", "\n".join(f"- `{c}`" for c in run_cmds) or "(none)"),
-        ("Per-epoch valid AUC / logloss / lr", markdown_table(rows, columns)),
+        ("Per-epoch valid AUC / logloss / lr", markdown_table(md_rows, columns)),
     ]
     write_markdown(os.path.join(out, "reference.md"), "Reference runs (FuxiCTR) on Frappe, per epoch", sections,
                    stamp)
