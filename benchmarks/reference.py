@@ -379,6 +379,13 @@ def write_tables(out: str, ours: list[str]) -> None:
     starts = [next((e for e in ev if e.get("event") == "start"), {}) for ev in runs.values()]
     run_cmds = sorted({s.get("command", "") for s in starts if s})
     stamp["reference_commands"] = " ; ".join(run_cmds)
+    # The driver's own python has no torch: report the reference venv's packages and the runs' machines instead.
+    for key in ("torch", "torchrec", "fbgemm_gpu"):
+        stamp.pop(key, None)
+    for key, value in next((st.get("versions") for st in starts if st.get("versions")), {}).items():
+        stamp[f"venv_{key}"] = value
+    stamp["fuxictr_commits"] = " ".join(sorted({st["fuxictr_commit"] for st in starts if st.get("fuxictr_commit")}))
+    stamp["run_machines"] = " ; ".join(sorted({st["machine"] for st in starts if st.get("machine")}))
     write_csv(os.path.join(out, "reference.csv"), rows, columns, stamp)
     present = {(s.get("model"), s.get("seed")) for s in summaries}
     not_run = [f"{m} seed {s}" for m, s in STANDARD_RUNS if (m, s) not in present]
