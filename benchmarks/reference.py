@@ -307,9 +307,14 @@ def summarize(events: list[dict]) -> dict:
                  ("failed" if end else "unfinished"), "wall_s": end.get("wall_s") if end else None,
                  "table_rows": model_ev.get("table_rows"), "parameters": model_ev.get("parameters")}
     if evals:
-        best = max(evals, key=lambda e: e["auc"])  # FuxiCTR keeps the first best (strict improvement)
-        best = next(e for e in evals if e["auc"] == best["auc"])
+        # FuxiCTR keeps the checkpoint of the last evaluation that beat the best by more than 1e-6 (`improved`);
+        # a later epoch can show the same AUC to 6 decimals without replacing it.
+        improved = [e for e in evals if e.get("improved")]
+        best = improved[-1] if improved else max(evals, key=lambda e: e["auc"])
         out.update(best_epoch=best["epoch"], best_auc=round(best["auc"], 6), best_logloss=round(best["logloss"], 6))
+    final = next((e for e in events if e.get("event") == "final"), None)
+    if final:  # the restored best checkpoint, evaluated again after fit(): should equal the best epoch's row
+        out.update(final_auc=round(final["auc"], 6), final_logloss=round(final["logloss"], 6))
     return out
 
 
@@ -389,11 +394,12 @@ def write_tables(out: str, ours: list[str]) -> None:
     write_csv(os.path.join(out, "reference.csv"), rows, columns, stamp)
     present = {(s.get("model"), s.get("seed")) for s in summaries}
     not_run = [f"{m} seed {s}" for m, s in STANDARD_RUNS if (m, s) not in present]
-    sum_cols = ["run", "model", "seed", "status", "epochs", "best_epoch", "best_auc", "best_logloss", "wall_s",
+    sum_cols = ["run", "model", "seed", "status", "epochs", "best_epoch", "best_auc", "best_logloss", "final_auc",
+                "final_logloss", "wall_s",
                 "table_rows", "parameters", "fuxictr", "torch", "fuxictr_commit", "utc_time"]
     md_rows = [{c: _md_value(c, r.get(c)) for c in columns} for r in rows]
     for s in summaries:
-        for k in ("best_auc", "best_logloss"):
+        for k in ("best_auc", "best_logloss", "final_auc", "final_logloss"):
             s[k] = _md_value(k, s.get(k))
     sections = [
         ("What this is",
