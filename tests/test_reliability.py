@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -294,7 +293,7 @@ def test_failing_rank_fails_the_job_without_hanging(data_dir: str, tmp_path: Pat
 
 # --------------------------------------------------------------------------------------------- 5. config fuzz
 
-_DEFAULT = build_config(yaml.safe_load(Path(CONFIG).read_text()), CONFIG).to_dict()
+_DEFAULT = load_config(CONFIG).to_dict()  # includes resolved
 _SECTIONS = ("dataset", "features", "model", "optimizer", "sharding", "training")
 _KEY_NAMED = re.compile(r"\b(dataset|features|model|optimizer|sharding|training)\b|override|top level")
 
