@@ -155,9 +155,13 @@ def _row_splits(plan: _Plan, file_idx: int, offset: int, pc: ParsedChunk) -> np.
     if fixed >= 0:
         return np.full(len(pc.ok_idx), fixed, dtype=np.int64)
     assert plan.ratios is not None
-    u = line_uniform(plan.split_seed, file_idx, pc.line_start[pc.ok_idx] + offset)
-    cum = np.cumsum(plan.ratios)
-    last = max(i for i, r in enumerate(plan.ratios) if r > 0)
+    return assign_splits(plan.ratios, line_uniform(plan.split_seed, file_idx, pc.line_start[pc.ok_idx] + offset))
+
+
+def assign_splits(ratios: tuple[float, ...] | list[float], u: np.ndarray) -> np.ndarray:
+    """Split index (0 train, 1 valid, 2 test) of rows with :func:`line_uniform` draws ``u`` under random ``ratios``."""
+    cum = np.cumsum(ratios)
+    last = max(i for i, r in enumerate(ratios) if r > 0)
     return np.minimum(np.searchsorted(cum, u, side="right"), last)
 
 
@@ -680,19 +684,31 @@ def ensure_preprocessed(cfg: DatasetConfig) -> str:
     """Preprocess ``cfg`` unless ``output_dir/meta.json`` exists; returns ``output_dir``.
 
     Format ``synthetic``: first generates ``output_dir/raw/train.tsv`` (``synthetic_rows`` rows, seed
-    ``synthetic_seed``) with :func:`dlf_torchrec.data.synthetic.generate_criteo_tsv`, then preprocesses it as Criteo.
+    ``synthetic_seed``) with :func:`dlf_torchrec.data.synthetic.generate_criteo_tsv`, then preprocesses it as Criteo
+    and writes each split's true click probabilities (``<split>/prob.bin``, aligned with its rows).
     """
     out = cfg.output_dir
     if os.path.exists(os.path.join(out, META_FILE)):
-        return out
+        if cfg.format != "synthetic":
+            return out
+        from dlf_torchrec.data.synthetic import has_split_probabilities
+
+        if has_split_probabilities(out):
+            return out
+        # A synthetic dataset without true probabilities predates the teacher: regenerate it.
     if cfg.format == "synthetic":
         from dlf_torchrec.data.synthetic import generate_criteo_tsv
 
         raw = os.path.join(out, "raw", "train.tsv")
         os.makedirs(os.path.dirname(raw), exist_ok=True)
+        shutil.rmtree(os.path.join(out, "baselines"), ignore_errors=True)  # baselines trained on the old data
         generate_criteo_tsv(raw, cfg.synthetic_rows, cfg.synthetic_seed)
         cfg = dataclasses.replace(cfg, train=raw, valid=None, test=None)
     preprocess(cfg)
+    if cfg.format == "synthetic":
+        from dlf_torchrec.data.synthetic import write_split_probabilities
+
+        write_split_probabilities(out, raw, cfg.split, cfg.split_seed)
     return out
 
 
