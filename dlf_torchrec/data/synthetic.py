@@ -9,8 +9,9 @@ are empty. The label is Bernoulli(p) with the teacher's click probability::
                 + sum_{(a, b)} lambda_ab <u_a[t_a], u_b[t_b]> / sqrt(K)    a few strongly interacting field pairs
                 + 0.35 (log1p(I1) - 1.3) - 0.25 (log1p(I3) - 1.3))     numeric effects (missing = 0)
 
-with ``w_j ~ N(0, FIRST_ORDER[j]^2)``, ``u_j[t] ~ N(0, I_K)`` (a missing value contributes 0) and ``bias`` solved
-for a ~22% positive rate. The interaction terms have zero mean over either field, so a logistic regression (first
+with ``w_j ~ N(0, FIRST_ORDER[j]^2)`` and ``u_j[t] ~ N(0, I_K)`` for the ``SIGNAL_RANKS`` most frequent tokens of
+a field and 0 for the rest (the long tail is noise, as in real logs; a missing value contributes 0), and ``bias``
+solved for a ~22% positive rate. The interaction terms have zero mean over either field, so a logistic regression (first
 order only) cannot see them while a model with feature crosses can.
 
 The generator also writes each row's TRUE probability p (float32, one per TSV line, ``<name>.prob.npy`` beside the
