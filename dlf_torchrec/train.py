@@ -37,6 +37,7 @@ from dlf_torchrec.parallel import (  # noqa: E402
 )
 from dlf_torchrec.training.allocator import configure_cpu_allocator  # noqa: E402
 from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything  # noqa: E402
+from dlf_torchrec.training.oracle import synthetic_report  # noqa: E402
 from dlf_torchrec.training.stack import build_training_stack  # noqa: E402
 
 
@@ -79,6 +80,8 @@ def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
               + "/".join(str(meta.splits[s].rows) if s in meta.splits else "-" for s in ("train", "valid", "test")))
         print(f"[dlf_torchrec] sharding plan: {describe_plan(stack.dmp)}")
     results = Trainer(cfg, ctx, stack, data_dir).fit()
+    if cfg.dataset.format == "synthetic":  # model AUC beside the oracle's and a logistic regression's
+        results = synthetic_report(cfg, ctx, data_dir, results)
     if ctx.is_main:
         io.write_json(os.path.join(tr.output_dir, "results.json"), results)
         for split, m in results.items():

@@ -330,15 +330,16 @@ def ensure_preprocessed(cfg: DatasetConfig) -> str:
     """Preprocess ``cfg`` unless ``output_dir/meta.json`` exists; returns ``output_dir``.
 
     Generated formats (``synthetic``) first write their raw file (:attr:`Format.generate
-    <dlf_torchrec.data.formats.base.Format.generate>`), then preprocess it.
+    <dlf_torchrec.data.formats.base.Format.generate>`), then preprocess it, then add what ``Format.finish`` writes;
+    an existing dataset missing that (``Format.is_complete``) is built again.
     """
     out = cfg.output_dir
-    if os.path.exists(os.path.join(out, META_FILE)):
+    fmt = FORMATS[cfg.format]
+    if os.path.exists(os.path.join(out, META_FILE)) and (fmt.is_complete is None or fmt.is_complete(out)):
         return out
-    generate = FORMATS[cfg.format].generate
-    if generate is not None:
-        cfg = generate(cfg)
-    preprocess(cfg)
+    preprocess(fmt.generate(cfg) if fmt.generate is not None else cfg)
+    if fmt.finish is not None:
+        fmt.finish(cfg, out)
     return out
 
 

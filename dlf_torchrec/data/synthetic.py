@@ -1,15 +1,22 @@
-"""Criteo-format TSV with a planted, learnable signal (so the default experiment needs no download).
+"""Criteo-format TSV drawn from a known teacher, so the default experiment needs no download and has a known optimum.
 
-Each row: ``label \\t I1..I13 \\t C1..C26`` like Kaggle Criteo. Categorical field j draws a token index from a
-power-law over ``CARDINALITIES[j]`` values (1e1..1e5; heavy head, long tail) and writes it as 8 hex digits; a few
-percent of values are empty. The label is Bernoulli(sigmoid(logit)) with::
+Each row: ``label \\t I1..I13 \\t C1..C26`` like Kaggle Criteo. Categorical field j draws the rank of its token from
+a Zipf law ``P(r) ∝ (r + 1)^-ZIPF`` over ``CARDINALITIES[j]`` values (Criteo's cardinalities scaled down to at
+most 50k so that 200k rows train in minutes on 2 cores) and writes it as 8 hex digits; a few percent of values
+are empty. The label is Bernoulli(p) with the teacher's click probability::
 
-    logit = bias + sum_{j in SIGNAL} w_j[token_j]                   (per-token weights, a few fields)
-          + 0.35 * (log1p(I1) - mean) - 0.25 * (log1p(I3) - mean)   (numeric effects; missing = 0)
-          + v[C1 % 16, C2 % 16]                                     (a pairwise interaction)
+    p = sigmoid(bias + sum_j w_j[t_j]                                  first order: per-token weights
+                + sum_{(a, b)} lambda_ab <u_a[t_a], u_b[t_b]> / sqrt(K)    a few strongly interacting field pairs
+                + 0.35 (log1p(I1) - 1.3) - 0.25 (log1p(I3) - 1.3))     numeric effects (missing = 0)
 
-and ``bias`` solved for a ~22% positive rate. A logistic regression on one-hot tokens reaches validation AUC
-~0.75-0.8 at 200k rows; the interaction term leaves headroom for cross/deep models.
+with ``w_j ~ N(0, FIRST_ORDER[j]^2)`` and ``u_j[t] ~ N(0, I_K)`` for the ``SIGNAL_RANKS`` most frequent tokens of
+a field and 0 for the rest (the long tail is noise, as in real logs; a missing value contributes 0), and ``bias``
+solved for a ~22% positive rate. The interaction terms have zero mean over either field, so a logistic regression (first
+order only) cannot see them while a model with feature crosses can.
+
+The generator also writes each row's TRUE probability p (float32, one per TSV line, ``<name>.prob.npy`` beside the
+TSV). :func:`write_split_probabilities` aligns it with the preprocessed splits (``<split>/prob.bin``), and
+:func:`oracle_auc` gives the Bayes-optimal AUC of a split: the AUC of the true p against the drawn labels.
 
 CLI: ``python -m dlf_torchrec.data.synthetic --out path.tsv --rows N --seed S``
 """
@@ -24,13 +31,23 @@ import numpy as np
 
 from dlf_torchrec import io
 
-CARDINALITIES = (1000, 500, 100_000, 50_000, 200, 20, 5000, 300, 10, 2000, 30_000, 1500, 50, 100_000, 30,
-                 8000, 10, 3000, 400, 4, 80_000, 12, 60, 20_000, 100, 700)
-# field index -> std of its per-token weights (fields not listed carry no signal).
-SIGNAL = {0: 0.6, 1: 0.5, 3: 0.4, 4: 0.6, 6: 0.5, 9: 0.4, 12: 0.5, 2: 0.3}
+# Criteo's C1..C26 cardinalities in order, the millions scaled down to tens of thousands.
+CARDINALITIES = (1460, 583, 50_000, 30_000, 305, 24, 12_517, 633, 3, 9_000, 5_683, 40_000, 3_194, 27, 14_992,
+                 30_000, 10, 5_652, 2_173, 4, 35_000, 18, 15, 20_000, 105, 15_000)
+ZIPF = 1.2
+# field index -> std of its first-order per-token weights (fields not listed carry no first-order signal).
+FIRST_ORDER = {0: 0.5, 1: 0.4, 3: 0.3, 4: 0.5, 5: 0.4, 6: 0.3, 8: 0.4, 9: 0.3, 12: 0.4, 13: 0.5, 16: 0.4,
+               19: 0.3, 21: 0.4, 24: 0.4}
+# (field a, field b, lambda): the strongly interacting pairs.
+PAIRS = ((5, 13, 1.0), (16, 21, 1.0), (22, 24, 0.8), (0, 1, 0.8))
+LATENT_DIM = 4
+# Only the SIGNAL_RANKS most frequent tokens of a field carry weights (the tail is noise, as in real logs).
+SIGNAL_RANKS = 20
 MISSING_RATE = 0.04
 TARGET_CTR = 0.22
 BLOCK_ROWS = 250_000
+PROB_SUFFIX = ".prob.npy"
+PROB_FILE = "prob.bin"
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -49,41 +66,52 @@ def _token_values(field: int, idx: np.ndarray) -> np.ndarray:
     return (x & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
-class _Model:
-    """The planted generative model (weights drawn from ``seed``)."""
+class Teacher:
+    """The known generative model (weights drawn from ``seed``); :meth:`sample` draws rows and their logits."""
 
     def __init__(self, seed: int) -> None:
         rng = np.random.default_rng([seed, 1])
-        self.weights = {j: rng.normal(0, s, CARDINALITIES[j]) for j, s in SIGNAL.items()}
-        self.pair = rng.normal(0, 0.6, (16, 16))
+        head = np.arange(max(CARDINALITIES)) < SIGNAL_RANKS
+        self.first = {j: rng.normal(0, s, CARDINALITIES[j]) * head[:CARDINALITIES[j]] for j, s in FIRST_ORDER.items()}
+        latent_fields = sorted({f for a, b, _ in PAIRS for f in (a, b)})
+        self.latent = {j: rng.normal(0, 1, (CARDINALITIES[j], LATENT_DIM)) * head[:CARDINALITIES[j], None]
+                       for j in latent_fields}
+        self.zipf_cdf = [np.cumsum((np.arange(c) + 1.0) ** -ZIPF) for c in CARDINALITIES]
         self.bias = 0.0
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """-> (logit without bias [n], ints int64 [n, 13] (-1 = missing), token idx int64 [n, 26], missing [n, 26])."""
+        """-> (logit without bias [n], ints int64 [n, 13] (int64 min = missing), token idx int64 [n, 26],
+        missing bool [n, 26])."""
         idx = np.empty((n, 26), dtype=np.int64)
-        for j, card in enumerate(CARDINALITIES):
-            idx[:, j] = np.minimum((rng.random(n) ** 2.5 * card).astype(np.int64), card - 1)
+        for j, cdf in enumerate(self.zipf_cdf):
+            idx[:, j] = np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1]), len(cdf) - 1)
         missing = rng.random((n, 26)) < MISSING_RATE
         ints = np.floor(np.exp(rng.normal(1.5, 1.6, (n, 13)))).astype(np.int64) - 1
         ints[:, 1] -= 2  # I2 has negatives like Criteo
         ints_missing = rng.random((n, 13)) < np.linspace(0.02, 0.4, 13)
         logit = np.zeros(n)
-        for j, w in self.weights.items():
+        for j, w in self.first.items():
             logit += np.where(missing[:, j], 0.0, w[idx[:, j]])
+        for a, b, lam in PAIRS:
+            dot = np.einsum("nk,nk->n", self.latent[a][idx[:, a]], self.latent[b][idx[:, b]])
+            logit += np.where(missing[:, a] | missing[:, b], 0.0, lam * dot / np.sqrt(LATENT_DIM))
         l1 = np.where(ints_missing[:, 0], 0.0, np.log1p(np.maximum(ints[:, 0], 0)))
         l3 = np.where(ints_missing[:, 2], 0.0, np.log1p(np.maximum(ints[:, 2], 0)))
         logit += 0.35 * (l1 - 1.3) - 0.25 * (l3 - 1.3)
-        logit += self.pair[idx[:, 0] % 16, idx[:, 1] % 16]
         ints = np.where(ints_missing, np.iinfo(np.int64).min, ints)
         return logit, ints, idx, missing
 
 
-def _calibrate(model: _Model, seed: int) -> float:
-    logit, *_ = model.sample(np.random.default_rng([seed, 2]), 50_000)
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def _calibrate(teacher: Teacher, seed: int) -> float:
+    logit, *_ = teacher.sample(np.random.default_rng([seed, 2]), 50_000)
     lo, hi = -10.0, 10.0
     for _ in range(50):
         mid = (lo + hi) / 2
-        if (1 / (1 + np.exp(-(logit + mid)))).mean() < TARGET_CTR:
+        if _sigmoid(logit + mid).mean() < TARGET_CTR:
             lo = mid
         else:
             hi = mid
@@ -104,32 +132,92 @@ def _format_block(labels: np.ndarray, ints: np.ndarray, idx: np.ndarray, missing
     return b"".join(b"\t".join(row) + b"\n" for row in zip(*cols, strict=True))
 
 
+def prob_path(tsv: str | os.PathLike[str]) -> str:
+    """The true-probability side file of a generated TSV: ``<tsv without extension>.prob.npy``."""
+    return os.path.splitext(str(tsv))[0] + PROB_SUFFIX
+
+
 def generate_criteo_tsv(path: str | os.PathLike[str], rows: int, seed: int) -> str:
-    """Write ``rows`` Criteo-format lines with the planted signal to ``path`` (atomically); returns the path."""
+    """Write ``rows`` Criteo-format lines drawn from the teacher to ``path`` and their true click probabilities
+    (float32 [rows], line order) to :func:`prob_path` (both atomically); returns the TSV path."""
     path = str(path)
-    model = _Model(seed)
-    model.bias = _calibrate(model, seed)
+    teacher = Teacher(seed)
+    teacher.bias = _calibrate(teacher, seed)
     rng = np.random.default_rng([seed, 3])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    probs = np.empty(rows, dtype=np.float32)
     with io.atomic_open(path, "wb") as f:
         done = 0
         while done < rows:
             n = min(BLOCK_ROWS, rows - done)
-            logit, ints, idx, missing = model.sample(rng, n)
-            labels = (rng.random(n) < 1 / (1 + np.exp(-(logit + model.bias)))).astype(np.int64)
+            logit, ints, idx, missing = teacher.sample(rng, n)
+            p = _sigmoid(logit + teacher.bias)
+            labels = (rng.random(n) < p).astype(np.int64)
             f.write(_format_block(labels, ints, idx, missing))
+            probs[done:done + n] = p
             done += n
+    with io.atomic_open(prob_path(path), "wb") as f:
+        np.save(f, probs)
     return path
 
 
+def write_split_probabilities(data_dir: str, tsv: str, ratios: list[float], split_seed: int) -> None:
+    """Write ``<split>/prob.bin`` (float32 [rows], the preprocessed split's row order) for every split of the
+    preprocessed ``data_dir`` built from the generated ``tsv``.
+
+    Each TSV line's split is recomputed exactly as the preprocessor assigns it (:func:`~dlf_torchrec.data.
+    splits.random_splits` of the line's byte offset, no header) and lines keep their file order inside a split,
+    so the side file's probabilities select and align by a mask. The alignment is checked: every split must have
+    as many rows as lines assigned to it and the same labels as those lines (generated rows are never rejected).
+    """
+    from dlf_torchrec.data.meta import DatasetMeta
+    from dlf_torchrec.data.shards import open_split
+    from dlf_torchrec.data.splits import SPLITS, check_ratios, random_splits
+
+    buf = np.fromfile(tsv, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    split = random_splits(check_ratios(ratios), split_seed, 0, starts)
+    labels = (buf[starts] - ord("0")).astype(np.float32)
+    probs = np.load(prob_path(tsv))
+    if len(probs) != len(starts):
+        raise ValueError(f"{prob_path(tsv)}: {len(probs)} probabilities for {len(starts)} lines of {tsv}")
+    meta = DatasetMeta.load(data_dir)
+    for i, name in enumerate(SPLITS):
+        if name not in meta.splits:
+            continue
+        mask = split == i
+        stored = open_split(data_dir, name, meta).labels
+        if mask.sum() != len(stored) or not np.array_equal(stored, labels[mask]):
+            raise ValueError(f"{data_dir}/{name}: rows do not align with the lines of {tsv} assigned to it")
+        with io.atomic_open(os.path.join(data_dir, name, PROB_FILE), "wb") as f:
+            f.write(probs[mask].astype("<f4").tobytes())
+
+
+def has_split_probabilities(data_dir: str) -> bool:
+    """Whether every split of the preprocessed ``data_dir`` has its ``prob.bin``."""
+    from dlf_torchrec.data.meta import DatasetMeta
+
+    meta = DatasetMeta.load(data_dir)
+    return all(os.path.exists(os.path.join(data_dir, s, PROB_FILE)) for s in meta.splits)
+
+
+def split_probabilities(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels float32 [N], true click probabilities float32 [N]) of one split of a synthetic dataset."""
+    from dlf_torchrec.data.shards import _map, open_split
+
+    labels = np.asarray(open_split(data_dir, split).labels)
+    return labels, np.asarray(_map(os.path.join(data_dir, split, PROB_FILE), "<f4", (len(labels),)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Generate a Criteo-format TSV with a planted signal")
+    ap = argparse.ArgumentParser(description="Generate a Criteo-format TSV drawn from the known teacher")
     ap.add_argument("--out", required=True)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
     generate_criteo_tsv(args.out, args.rows, args.seed)
-    print(f"wrote {args.rows:,} rows to {args.out}", file=sys.stderr)
+    print(f"wrote {args.rows:,} rows to {args.out} (true probabilities: {prob_path(args.out)})", file=sys.stderr)
     return 0
 
 

@@ -22,6 +22,10 @@ class Format:
         count_fields: for formats without a fixed field count: first data line -> number of fields.
         reads: for aliases, the format whose files this one produces (``synthetic`` -> ``criteo``).
         generate: for generated data: dataset config -> the config reading the raw file it wrote.
+        finish: for generated data: (dataset config, preprocessed dir) -> None, run after preprocessing (e.g. the
+            synthetic teacher's true probabilities per split).
+        is_complete: preprocessed dir -> whether an existing dataset has everything ``finish`` adds (else it is
+            generated and preprocessed again).
     """
 
     name: str
@@ -30,3 +34,5 @@ class Format:
     count_fields: Callable[[bytes], int] | None = None
     reads: str | None = None
     generate: Callable[[Any], Any] | None = None
+    finish: Callable[[Any, str], None] | None = None
+    is_complete: Callable[[str], bool] | None = None
