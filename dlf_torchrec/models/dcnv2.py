@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from dlf_torchrec.models.layers import MLP, CrossNetV2, check_mlp_config, init_linear_
+from dlf_torchrec.models.layers import MLP, CrossNetV2, MLPConfig, init_linear_
 from dlf_torchrec.models.registry import register_over_arch
 
 
 @dataclass
-class DCNv2Config:
+class DCNv2Config(MLPConfig):
+    """The deep network's keys (:class:`MLPConfig`) plus the cross network's."""
+
     # parallel: [cross(x0) || deep(x0)] -> Linear; stacked: deep(cross(x0)) -> Linear (BARS/FuxiCTR naming).
     structure: Literal["parallel", "stacked"] = "parallel"
     num_cross_layers: int = 3
     low_rank: int | None = None
-    hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
-    batch_norm: bool = True
-    dropout: float = 0.0
-    activation: str = "relu"
 
     def validate(self) -> None:
-        check_mlp_config(self.hidden_units, self.dropout, self.activation)
+        super().validate()
         if self.num_cross_layers < 0 or (self.low_rank is not None and self.low_rank < 1):
             raise ValueError(f"num_cross_layers must be >= 0 and low_rank >= 1, got {self.num_cross_layers}, "
                              f"{self.low_rank}")

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dlf_torchrec.models.layers import MLP, check_mlp_config, init_linear_
+from dlf_torchrec.models.layers import MLP, MLPConfig, init_linear_
 from dlf_torchrec.models.registry import register_over_arch
 
 
 @dataclass
-class DNNConfig:
-    hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
-    batch_norm: bool = True
-    dropout: float = 0.0
-    activation: str = "relu"
-
-    def validate(self) -> None:
-        check_mlp_config(self.hidden_units, self.dropout, self.activation)
+class DNNConfig(MLPConfig):
+    """hidden_units, batch_norm, dropout, activation (:class:`MLPConfig`)."""
 
 
 @register_over_arch("dnn", DNNConfig)

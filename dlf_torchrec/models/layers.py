@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+@dataclass
+class MLPConfig:
+    """The MLP keys shared by model configs (``hidden_units``, ``batch_norm``, ``dropout``, ``activation``)."""
+
+    hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
+    batch_norm: bool = True
+    dropout: float = 0.0
+    activation: str = "relu"
+
+    def validate(self) -> None:
+        check_mlp_config(self.hidden_units, self.dropout, self.activation)
 
 
 def check_mlp_config(hidden_units: Sequence[int], dropout: float, act: str, key: str = "hidden_units") -> None:
