@@ -75,6 +75,16 @@ def build_sharded_model(cfg: ExperimentConfig, ctx: DistContext, meta: DatasetMe
     return shard_model(task, ctx, cfg.sharding, cfg.optimizer.sparse, cfg.training.batch_size // ctx.world_size)
 
 
+def _read_results(path: str) -> dict[str, dict[str, float]] | None:
+    """A previous run's results.json, or None when there is none (or it is unreadable)."""
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and "valid" in results else None
+
+
 def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
     configure_cpu_allocator(cfg.training.cpu_allocator)
     ctx = init_distributed(cfg.training.device)
@@ -92,10 +102,26 @@ def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
               f"({ctx.backend}), rows train/valid/test = "
               + "/".join(str(meta.splits[s].rows) if s in meta.splits else "-" for s in ("train", "valid", "test")))
         print(f"[dlf_torchrec] sharding plan: {describe_plan(dmp)}")
-    results = Trainer(cfg, ctx, dmp, data_dir).fit()
+    trainer = Trainer(cfg, ctx, dmp, data_dir)
+    trainer.resume()
+    results_path = os.path.join(tr.output_dir, "results.json")
+    kept = [_read_results(results_path) if ctx.is_main and trainer.finished else None]
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(kept, src=0)
+    if kept[0] is not None:
+        # A finished run resumed: nothing to train, and its results stand (re-evaluating under another world size
+        # or plan must not replace them).
+        results = kept[0]
+        if ctx.is_main:
+            print(f"[dlf_torchrec] nothing to train: {tr.output_dir} finished at epoch {trainer.state.epoch} "
+                  f"(step {trainer.state.global_step}); kept its results.json (raise training.epochs to train on, "
+                  f"or use a new training.output_dir)")
+    else:
+        results = trainer.fit()
     if ctx.is_main:
-        with open(os.path.join(tr.output_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        if kept[0] is None:
+            with open(results_path, "w") as f:
+                json.dump(results, f, indent=2)
         for split, m in results.items():
             print(f"[dlf_torchrec] best checkpoint {split}: AUC={m['auc']:.4f} logloss={m['logloss']:.4f} "
                   f"rows={int(m['rows'])}")

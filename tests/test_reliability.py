@@ -192,6 +192,24 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(data_dir: str, t
 # --------------------------------------------------------------------------------------------- 4. guards
 
 
+def test_rerun_of_finished_run_trains_nothing_and_keeps_results(data_dir: str, tmp_path: Path) -> None:
+    """The same command again (here under another plan) once every epoch is done: no step, no evaluation, and the
+    first run's results.json stays as it was (it used to be re-evaluated and overwritten)."""
+    run = tmp_path / "run"
+    args = _args(data_dir, run, "training.epochs=1", "training.evaluate_test=false")
+    train = [sys.executable, "-m", "dlf_torchrec.train", *args]
+    first = subprocess.run(train, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = run / "results.json"
+    before, mtime, events = results.read_bytes(), results.stat().st_mtime_ns, len(_events(run))
+    again = subprocess.run([*train, "sharding.type=row_wise"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing to train" in again.stdout and "kept its results.json" in again.stdout, again.stdout[-3000:]
+    assert results.read_bytes() == before and results.stat().st_mtime_ns == mtime
+    assert [e["event"] for e in _events(run)[events:]] == ["resume"]
+
+
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoints(data_dir: str, tmp_path: Path) -> None:
     """A NaN label in the 11th batch of epoch 0: the run stops at that step with a non-zero exit naming it, and
     ``best`` (from the evaluation at step 4) plus the periodic checkpoints written before it still load and hold

@@ -89,11 +89,13 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
         _set_norm_buffers(model, local.get("norm_buffers", {}))
         if optimizer is not None and "param_groups" in local:
             _set_hyper_parameters(optimizer, local["param_groups"])
-    elif optimizer is not None:  # resharded: per-rank files are of another world size; lrs are the same on all
-        others = sorted(n for n in os.listdir(path) if n.startswith("rng_rank"))
-        if others:
-            local = torch.load(os.path.join(path, others[0]), weights_only=False)
-            _set_hyper_parameters(optimizer, local.get("param_groups", []))
+    elif optimizer is not None:
+        # Resharded: the per-rank files are of another world size. Each holds the groups of the tables its rank
+        # owned (and the replicated dense ones): their union names every parameter once or more.
+        groups = []
+        for name in sorted(n for n in os.listdir(path) if n.startswith("rng_rank")):
+            groups.extend(torch.load(os.path.join(path, name), weights_only=False).get("param_groups", []))
+        _set_hyper_parameters(optimizer, groups)
     with open(os.path.join(path, STATE_FILE)) as f:
         return json.load(f)
 
