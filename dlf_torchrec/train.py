@@ -36,6 +36,7 @@ from dlf_torchrec.parallel import (  # noqa: E402
     DistContext,
     describe_plan,
     init_distributed,
+    plan_to_dict,
     shard_model,
     shutdown_distributed,
 )
@@ -101,7 +102,11 @@ def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
               f"{sum(f.vocab_size for f in meta.categorical):,} embedding rows, world size {ctx.world_size} "
               f"({ctx.backend}), rows train/valid/test = "
               + "/".join(str(meta.splits[s].rows) if s in meta.splits else "-" for s in ("train", "valid", "test")))
-        print(f"[dlf_torchrec] sharding plan: {describe_plan(dmp)}")
+        plan_path = os.path.join(tr.output_dir, "plan.json")
+        with open(plan_path, "w") as f:
+            json.dump({"world_size": ctx.world_size, "sharding": cfg.sharding.type, "tables": plan_to_dict(dmp.plan)},
+                      f, indent=1)
+        print(f"[dlf_torchrec] sharding plan ({plan_path}): {describe_plan(dmp)}")
     trainer = Trainer(cfg, ctx, dmp, data_dir)
     trainer.resume()
     results_path = os.path.join(tr.output_dir, "results.json")
