@@ -20,9 +20,11 @@ if __name__ == "__main__" and not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import warnings  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -42,6 +44,7 @@ from dlf_torchrec.parallel import (  # noqa: E402
 )
 from dlf_torchrec.training.allocator import configure_cpu_allocator  # noqa: E402
 from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything  # noqa: E402
+from dlf_torchrec.training.runlock import RunDirLocked, RunLock  # noqa: E402
 from dlf_torchrec.training.task import TrainTask  # noqa: E402
 
 
@@ -52,19 +55,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
-    """Rank 0 preprocesses the dataset if needed; the others wait for it."""
-    error: list[str | None] = [None]
+def _on_rank0(ctx: DistContext, action: Callable[[], object]) -> tuple[str, str] | None:
+    """Run ``action`` on rank 0 only; every rank gets its error as (exception type name, message), or None.
+
+    The error reaches every rank, so that all of them stop instead of the others waiting in a collective."""
+    error: list[tuple[str, str] | None] = [None]
     if ctx.is_main:
         try:
-            ensure_preprocessed(cfg.dataset)
-        except Exception as e:  # reported on every rank below, so no rank hangs at the barrier
-            error[0] = f"{type(e).__name__}: {e}"
+            action()
+        except Exception as e:
+            error[0] = (type(e).__name__, str(e))
     if ctx.world_size > 1:
         dist.broadcast_object_list(error, src=0)
-    if error[0] is not None:
-        raise RuntimeError(f"data preparation failed on rank 0: {error[0]}")
+    return error[0]
+
+
+def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
+    """Rank 0 preprocesses the dataset if needed; the others wait for it."""
+    error = _on_rank0(ctx, lambda: ensure_preprocessed(cfg.dataset))
+    if error is not None:
+        raise RuntimeError(f"data preparation failed on rank 0: {error[0]}: {error[1]}")
     return cfg.dataset.output_dir
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str, ctx: DistContext) -> Iterator[None]:
+    """Rank 0 holds ``output_dir``'s run lock for the block; every rank raises RunDirLocked if another run has it."""
+    lock = RunLock(output_dir)
+    error = _on_rank0(ctx, lock.acquire)
+    if error is not None:
+        raise RunDirLocked(error[1]) if error[0] == RunDirLocked.__name__ else RuntimeError(": ".join(error))
+    try:
+        yield
+    finally:
+        lock.release()  # a no-op on the ranks that did not take it
 
 
 def build_sharded_model(cfg: ExperimentConfig, ctx: DistContext, meta: DatasetMeta) -> torch.nn.Module:
@@ -89,6 +113,11 @@ def _read_results(path: str) -> dict[str, dict[str, float]] | None:
 def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
     configure_cpu_allocator(cfg.training.cpu_allocator)
     ctx = init_distributed(cfg.training.device)
+    with output_dir_lock(cfg.training.output_dir, ctx):
+        return _run_locked(cfg, ctx)
+
+
+def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, float]]:
     seed_everything(cfg.training.seed)
     data_dir = prepare_data(cfg, ctx)
     meta = DatasetMeta.load(data_dir)
@@ -145,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
     except NonFiniteLossError as e:  # the message names the step and where the last good checkpoint is
         print(f"training stopped: {e}", file=sys.stderr)
+        return 1
+    except RunDirLocked as e:
+        shutdown_distributed()
+        print(f"train: error: {e}", file=sys.stderr)
         return 1
     except BaseException:
         shutdown_distributed()
