@@ -22,6 +22,7 @@ if __name__ == "__main__" and not __package__:
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
@@ -32,7 +33,7 @@ import yaml  # noqa: E402
 
 from dlf_torchrec.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from dlf_torchrec.data.meta import DatasetMeta  # noqa: E402
-from dlf_torchrec.data.preprocess import ensure_preprocessed  # noqa: E402
+from dlf_torchrec.data.preprocess import DataError, check_validation_split, ensure_preprocessed  # noqa: E402
 from dlf_torchrec.models.registry import build_model  # noqa: E402
 from dlf_torchrec.parallel import (  # noqa: E402
     DistContext,
@@ -44,6 +45,7 @@ from dlf_torchrec.parallel import (  # noqa: E402
 )
 from dlf_torchrec.training.allocator import configure_cpu_allocator  # noqa: E402
 from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything  # noqa: E402
+from dlf_torchrec.training.metrics import json_safe  # noqa: E402
 from dlf_torchrec.training.runlock import RunDirLocked, RunLock  # noqa: E402
 from dlf_torchrec.training.task import TrainTask  # noqa: E402
 
@@ -72,7 +74,12 @@ def _on_rank0(ctx: DistContext, action: Callable[[], object]) -> tuple[str, str]
 
 def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
     """Rank 0 preprocesses the dataset if needed; the others wait for it."""
-    error = _on_rank0(ctx, lambda: ensure_preprocessed(cfg.dataset))
+    def prepare() -> None:
+        check_validation_split(DatasetMeta.load(ensure_preprocessed(cfg.dataset)), cfg.dataset)
+
+    error = _on_rank0(ctx, prepare)
+    if error is not None and error[0] == DataError.__name__:
+        raise DataError(error[1])
     if error is not None:
         raise RuntimeError(f"data preparation failed on rank 0: {error[0]}: {error[1]}")
     return cfg.dataset.output_dir
@@ -98,6 +105,10 @@ def build_sharded_model(cfg: ExperimentConfig, ctx: DistContext, meta: DatasetMe
     if cfg.training.sync_batchnorm:
         task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
     return shard_model(task, ctx, cfg.sharding, cfg.optimizer.sparse, cfg.training.batch_size // ctx.world_size)
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
 def _read_results(path: str) -> dict[str, dict[str, float]] | None:
@@ -155,9 +166,9 @@ def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, 
     if ctx.is_main:
         if kept[0] is None:
             with open(results_path, "w") as f:
-                json.dump(results, f, indent=2)
+                json.dump(json_safe(results), f, indent=2, allow_nan=False)  # NaN (undefined AUC) -> null
         for split, m in results.items():
-            print(f"[dlf_torchrec] best checkpoint {split}: AUC={m['auc']:.4f} logloss={m['logloss']:.4f} "
+            print(f"[dlf_torchrec] best checkpoint {split}: AUC={_fmt(m['auc'])} logloss={_fmt(m['logloss'])} "
                   f"rows={int(m['rows'])}")
     return results
 
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:  # the message names the step and where the last good checkpoint is
         print(f"training stopped: {e}", file=sys.stderr)
         return 1
-    except RunDirLocked as e:
+    except (RunDirLocked, DataError) as e:
         shutdown_distributed()
         print(f"train: error: {e}", file=sys.stderr)
         return 1

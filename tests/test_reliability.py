@@ -243,6 +243,22 @@ def test_run_lock_reports_and_takes_over_a_stale_lock(tmp_path: Path, capsys: py
         pass
 
 
+def test_one_class_validation_split_fails_before_training_in_one_line(tmp_path: Path) -> None:
+    line = "\t".join(["{}", *["1"] * 13, *["0000000a"] * 26])
+    train, valid = tmp_path / "train.tsv", tmp_path / "valid.tsv"
+    train.write_text("".join(line.format(i % 2) + "\n" for i in range(40)))
+    valid.write_text("".join(line.format(0) + "\n" for _ in range(8)))
+    args = _args(str(tmp_path / "data"), tmp_path / "run", "dataset.format=criteo", f"dataset.train={train}",
+                 f"dataset.valid={valid}")
+    proc = subprocess.run([sys.executable, "-m", "dlf_torchrec.train", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"train: error: {valid}: the validation split has one class "
+                                                    f"only (8 rows, all label 0): AUC is undefined; use more rows "
+                                                    f"or another split")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoints(data_dir: str, tmp_path: Path) -> None:
     """A NaN label in the 11th batch of epoch 0: the run stops at that step with a non-zero exit naming it, and
     ``best`` (from the evaluation at step 4) plus the periodic checkpoints written before it still load and hold

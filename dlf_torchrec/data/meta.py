@@ -48,6 +48,8 @@ class FeatureSpec:
 @dataclass
 class SplitInfo:
     rows: int
+    # Rows with label 1 (None in datasets preprocessed before it was recorded).
+    positives: int | None = None
 
 
 @dataclass

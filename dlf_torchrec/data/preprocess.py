@@ -73,6 +73,10 @@ MAX_EXAMPLES = 10
 POOL_MIN_BYTES = 32 << 20
 
 
+class DataError(ValueError):
+    """The data cannot give a meaningful run (no usable rows, too many bad rows, a one-class validation split)."""
+
+
 class BadRowError(ValueError):
     """A malformed row under ``bad_rows: fail``; the message is ``file:line: reason``."""
 
@@ -456,7 +460,7 @@ def _first_data_line(path: str, schema_header: bool) -> bytes:
                 continue
             if line.strip():
                 return line
-    raise ValueError(f"{path}: no data line to detect the number of libFM fields from")
+    raise DataError(f"{path}: no data rows (empty file): cannot detect the number of libFM fields")
 
 
 # ------------------------------------------------------------------------------------------ vocab
@@ -537,6 +541,52 @@ class _Rejections:
             if len(self.examples) < MAX_EXAMPLES:
                 self.examples.append(text)
 
+    def merge(self, other: _Rejections) -> None:
+        self.by_reason.update(other.by_reason)
+        self.total += other.total
+        self.examples.extend(other.examples[:MAX_EXAMPLES - len(self.examples)])
+
+    def top(self) -> str:
+        """The three commonest reasons and the first example, for a one-line message."""
+        reasons = ", ".join(f"{n:,} x {reason}" for reason, n in self.by_reason.most_common(3))
+        return f"top reasons: {reasons}; e.g. {self.examples[0]}" if self.examples else "no rows rejected"
+
+
+@dataclass
+class _FileCounts:
+    path: str
+    read: int
+    rejections: _Rejections
+
+
+def _check_rows(cfg: DatasetConfig, files: list[_FileCounts], rows: dict[str, int]) -> None:
+    """Raise :class:`DataError` naming the file when an input gave no rows or too many bad ones, or the train
+    split got none."""
+    for f in files:
+        rejected = f.rejections.total
+        if f.read == 0:
+            raise DataError(f"{f.path}: no data rows (empty file, or a header only)")
+        if rejected == f.read:
+            raise DataError(f"{f.path}: all {f.read:,} rows rejected, 0 written (wrong dataset.format or delimiter?); "
+                            f"{f.rejections.top()}")
+        if rejected > cfg.max_bad_fraction * f.read:
+            raise DataError(f"{f.path}: {rejected:,} of {f.read:,} rows rejected ({rejected / f.read:.2%}), over "
+                            f"dataset.max_bad_fraction={cfg.max_bad_fraction:g}; {f.rejections.top()}")
+    if rows.get("train", 1) == 0:
+        raise DataError(f"{files[0].path}: the train split got 0 rows (dataset.split={cfg.split})")
+
+
+def check_validation_split(meta: DatasetMeta, cfg: DatasetConfig) -> None:
+    """Raise :class:`DataError` unless the validation split can be scored: rows of both classes (else AUC is NaN,
+    no checkpoint is ever "best", and the run ends without a result)."""
+    source = cfg.valid or cfg.train or cfg.output_dir
+    info = meta.splits.get("valid")
+    if info is None or info.rows == 0:
+        raise DataError(f"{source}: the validation split is empty (dataset.split={cfg.split}); training needs one")
+    if info.positives is not None and info.positives in (0, info.rows):
+        raise DataError(f"{source}: the validation split has one class only ({info.rows:,} rows, all label "
+                        f"{int(info.positives > 0)}): AUC is undefined; use more rows or another split")
+
 
 def _progress(enabled: bool, total: int | None, desc: str) -> Any:
     from tqdm import tqdm
@@ -616,7 +666,8 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         SPLITS[s] for _, s in plan.files]
     writer = ShardWriter(out, splits, len(names), len(plan.dense_names))
     rejections = _Rejections(cfg.bad_rows)
-    rows_read = 0
+    files: list[_FileCounts] = []
+    positives = dict.fromkeys(splits, 0)
     total = pass1_lines if len(plan.files) == 1 else None
     try:
         with _progress(cfg.progress, total, "write") as bar:
@@ -624,21 +675,27 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
                 jobs: Iterator[Any] = iter(cached) if file_idx == 0 else _chunks(path, file_idx, plan.schema,
                                                                                   cfg.chunk_rows)
                 line = 2 if _header_bytes(path, plan.schema) else 1
+                counts = _FileCounts(path, 0, _Rejections(cfg.bad_rows))
                 for n_lines, rejected, parts in _run_jobs(jobs, lambda j: _transform_job(plan, vocabs, j),
                                                           _worker_transform, workers, (plan, vocabs, None)):
-                    rejections.add(path, line, rejected)
+                    counts.rejections.add(path, line, rejected)
                     line += n_lines
                     for s, (labels, sparse, dense) in sorted(parts.items()):
                         writer.append(SPLITS[s], labels, sparse, dense)
-                    rows_read += n_lines
+                        positives[SPLITS[s]] += int((labels > 0.5).sum())
+                    counts.read += n_lines
                     bar.update(n_lines)
+                rejections.merge(counts.rejections)
+                files.append(counts)
     finally:
         writer.close()
 
+    rows_read = sum(f.read for f in files)
     rows_written = sum(writer.rows.values())
     if rows_read != rows_written + rejections.total:
         raise AssertionError(f"row accounting: read {rows_read} != written {rows_written} + "
                              f"rejected {rejections.total}")
+    _check_rows(cfg, files, dict(writer.rows))  # before meta.json: a failed dataset never looks ready
     vocab_json = {n: _token_strings(v.keys) for n, v in zip(names, vocabs, strict=True)}
     with open(os.path.join(out, VOCAB_FILE) + ".tmp", "w") as f:
         f.write(json.dumps(vocab_json))
@@ -648,7 +705,7 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         source_format=cfg.format,
         categorical=[CategoricalField(n, len(v.keys) + 2) for n, v in zip(names, vocabs, strict=True)],
         dense=plan.dense_names,
-        splits={s: SplitInfo(writer.rows[s]) for s in splits},
+        splits={s: SplitInfo(writer.rows[s], positives[s]) for s in splits},
         rows_read=rows_read,
         rows_written=rows_written,
         rows_rejected=rejections.total,
@@ -716,10 +773,14 @@ def main(argv: list[str] | None = None) -> int:
     ds = cfg.dataset
     if args.force and os.path.exists(os.path.join(ds.output_dir, META_FILE)):
         os.remove(os.path.join(ds.output_dir, META_FILE))
-    if ds.format == "synthetic":
-        ensure_preprocessed(ds)
-    else:
-        preprocess(ds, workers=args.workers)
+    try:
+        if ds.format == "synthetic":
+            ensure_preprocessed(ds)
+        else:
+            preprocess(ds, workers=args.workers)
+    except DataError as e:
+        print(f"preprocess: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,7 +23,7 @@ from dlf_torchrec.data.loader import make_dataloader
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training import checkpoint as ckpt
-from dlf_torchrec.training.metrics import compute_metrics, gather_predictions
+from dlf_torchrec.training.metrics import compute_metrics, gather_predictions, json_safe
 from dlf_torchrec.training.task import build_optimizer, scale_learning_rates
 
 
@@ -64,7 +64,7 @@ class MetricsLog:
     def write(self, **record: Any) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+                f.write(json.dumps(json_safe({"time": round(time.time(), 3), **record}), allow_nan=False) + "\n")
 
 
 class Trainer:
