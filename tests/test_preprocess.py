@@ -198,6 +198,35 @@ def test_one_class_or_empty_validation_split_is_a_data_error(tmp_path: Path, lab
         check_validation_split(meta, cfg)
 
 
+# ------------------------------------------------------------------------------------------ stale data
+
+
+def test_changed_inputs_or_config_preprocess_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """meta.json knows its inputs: another train file, an edited one, or another dataset key is preprocessed again
+    (never the old data silently reused); an unchanged config and input is not redone."""
+    first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    first.write_text(_good_rows(40))
+    second.write_text(_good_rows(60))
+    cfg = cfg_for(tmp_path, first)
+    meta_path = tmp_path / "out" / META_FILE
+
+    def rows(c: DatasetConfig) -> int:
+        return DatasetMeta.load(ensure_preprocessed(c)).rows_read
+
+    assert rows(cfg) == 40
+    stamp = meta_path.stat().st_mtime_ns
+    assert rows(dataclasses.replace(cfg, progress=True, chunk_rows=7)) == 40  # keys that do not change the data
+    assert meta_path.stat().st_mtime_ns == stamp and "stale" not in capsys.readouterr().err
+    assert rows(dataclasses.replace(cfg, train=str(second))) == 60  # the issue's case: another dataset.train
+    assert f"dataset.train {second}: path, size, mtime_ns, sha256_first_last_mib changed" in capsys.readouterr().err
+    with second.open("a") as f:  # the same file, edited
+        f.write(_good_rows(5))
+    assert rows(dataclasses.replace(cfg, train=str(second))) == 65
+    assert rows(dataclasses.replace(cfg, train=str(second), min_count=2)) == 65
+    assert "dataset.min_count was 1, now 2" in capsys.readouterr().err
+    assert DatasetMeta.load(str(tmp_path / "out")).dataset_config["min_count"] == 2
+
+
 # --------------------------------------------------------------------------------------- vocab / OOV
 
 

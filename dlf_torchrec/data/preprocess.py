@@ -36,6 +36,7 @@ import argparse
 import collections
 import dataclasses
 import gzip
+import hashlib
 import json
 import multiprocessing
 import os
@@ -639,6 +640,7 @@ def preprocess(cfg: DatasetConfig, *, workers: int | None = None) -> DatasetMeta
 
 def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: float) -> DatasetMeta:
     out = cfg.output_dir
+    inputs = _input_fingerprints(cfg)  # before reading: a file changed meanwhile then looks stale next time
     names = plan.categorical_names
     # Pass 1: token counts over train rows (train file only); featurised chunks are cached for pass 2.
     train_path = plan.files[0][0]
@@ -712,6 +714,7 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         rejected_by_reason=dict(rejections.by_reason),
         rejected_examples=rejections.examples,
         dataset_config=dataclasses.asdict(cfg),
+        inputs=inputs,
     )
     meta.save(out)
     elapsed = time.perf_counter() - t0
@@ -733,15 +736,69 @@ def _summary(meta: DatasetMeta, out: str, elapsed: float) -> None:
         print(f"[preprocess]   e.g. {ex}", file=sys.stderr)
 
 
-def ensure_preprocessed(cfg: DatasetConfig) -> str:
-    """Preprocess ``cfg`` unless ``output_dir/meta.json`` exists; returns ``output_dir``.
+INPUT_KEYS = ("train", "valid", "test")
+# Keys that do not change the preprocessed data (inputs are compared by fingerprint, not by how the path is spelled).
+_UNCHECKED_KEYS = {"progress", "chunk_rows", "output_dir", "max_bad_fraction", *INPUT_KEYS}
+FINGERPRINT_BYTES = 1 << 20
 
+
+def input_fingerprint(path: str) -> dict[str, Any]:
+    """Absolute path, size, mtime and the SHA-256 of the first and last MiB of a raw input file."""
+    st = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(FINGERPRINT_BYTES))
+        if st.st_size > FINGERPRINT_BYTES:
+            f.seek(max(FINGERPRINT_BYTES, st.st_size - FINGERPRINT_BYTES))
+            digest.update(f.read())
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256_first_last_mib": digest.hexdigest()}
+
+
+def _input_fingerprints(cfg: DatasetConfig) -> dict[str, dict[str, Any]]:
+    return {key: input_fingerprint(_resolve(getattr(cfg, key), key)) for key in INPUT_KEYS if getattr(cfg, key)}
+
+
+def stale_reasons(cfg: DatasetConfig) -> list[str]:
+    """Why ``cfg.output_dir`` does not hold ``cfg``'s preprocessed data (empty: it does).
+
+    Compared: the dataset section (minus keys that do not change the data) and, except for generated synthetic
+    data, each raw input's fingerprint."""
+    try:
+        meta = DatasetMeta.load(cfg.output_dir)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return [f"meta.json unreadable ({e})"]
+    old = {k: v for k, v in meta.dataset_config.items() if k not in _UNCHECKED_KEYS}
+    new = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNCHECKED_KEYS}
+    reasons = [f"dataset.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k)]
+    if cfg.format != "synthetic":  # synthetic raw data is a function of the config, generated into output_dir
+        recorded = meta.inputs
+        for key, current in _input_fingerprints(cfg).items():
+            before = recorded.get(key)
+            if before is None:
+                reasons.append(f"dataset.{key}: no fingerprint recorded")
+            elif before != current:
+                diff = ", ".join(k for k in current if before.get(k) != current[k])
+                reasons.append(f"dataset.{key} {current['path']}: {diff} changed")
+        reasons += [f"dataset.{key} removed" for key in recorded if not getattr(cfg, key)]
+    return reasons
+
+
+def ensure_preprocessed(cfg: DatasetConfig) -> str:
+    """Preprocess ``cfg`` unless ``output_dir/meta.json`` holds exactly its data; returns ``output_dir``.
+
+    ``meta.json`` records the dataset section and each raw input's fingerprint (:func:`input_fingerprint`); when
+    either differs (:func:`stale_reasons`) the data is preprocessed again, never silently reused.
     Format ``synthetic``: first generates ``output_dir/raw/train.tsv`` (``synthetic_rows`` rows, seed
     ``synthetic_seed``) with :func:`dlf_torchrec.data.synthetic.generate_criteo_tsv`, then preprocesses it as Criteo.
     """
     out = cfg.output_dir
     if os.path.exists(os.path.join(out, META_FILE)):
-        return out
+        reasons = stale_reasons(cfg)
+        if not reasons:
+            return out
+        print(f"[preprocess] {out} is stale ({'; '.join(reasons)}): preprocessing again", file=sys.stderr)
     if cfg.format == "synthetic":
         from dlf_torchrec.data.synthetic import generate_criteo_tsv
 
