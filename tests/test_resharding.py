@@ -91,12 +91,12 @@ def _optimizer_summary(optimizer) -> dict[str, float]:
 def _write(path: str, sharding_type: str) -> dict:
     """Train 3 steps (non-trivial weights, BatchNorm stats, optimiser state and a decayed lr), save, predict.
 
-    Every rank trains on the same batches so that the rank-local BatchNorm running stats agree across ranks
-    (DCP stores one copy of replicated tensors; see docs/reliability.md).
+    Each rank trains on its own batches, so the rank-local BatchNorm running stats differ until the save averages
+    them (DCP stores one copy of a replicated tensor): every writer rank and every reader then predict alike.
     """
     ctx, _, dmp, optimizer = _build(sharding_type)
     for s in range(3):
-        _step(dmp, optimizer, _batch(100 * s))
+        _step(dmp, optimizer, _batch(100 * s + ctx.rank))
     scale_learning_rates(optimizer, 0.5, 1e-6)  # as LR-on-plateau would: the lrs must survive the reshard
     ckpt.save_checkpoint(path, dmp, optimizer, {"global_step": 3})
     return {"logits": _predict(dmp), "optim": _optimizer_summary(optimizer)}

@@ -124,6 +124,7 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         """Exact metrics over the whole split, gathered from every rank."""
         model = self.pipeline.detach()
+        ckpt.average_norm_statistics(model)  # every rank evaluates the same model
         model.eval()
         probs, labels = [], []
         loader = self._loader(split, for_eval=True)
