@@ -62,6 +62,9 @@ class DatasetConfig:
     numeric: Literal["bucketize", "dense"] = "bucketize"
     # Malformed rows: "skip" counts and reports them, "fail" stops with file:line.
     bad_rows: Literal["skip", "fail"] = "skip"
+    # With bad_rows "skip": preprocessing fails (naming the file and the top reasons) when more than this fraction
+    # of an input file's rows is rejected; an input with no usable row always fails.
+    max_bad_fraction: float = 0.01
     chunk_rows: int = 100_000
     # Where preprocessed shards + meta.json go. Relative paths are relative to the current directory.
     output_dir: str = "data/processed/synthetic"
@@ -323,6 +326,8 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
                        ("training.batch_size", tr.batch_size), ("training.epochs", tr.epochs)):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if not 0.0 <= ds.max_bad_fraction <= 1.0:
+        raise ConfigError(f"dataset.max_bad_fraction: must be in [0, 1], got {ds.max_bad_fraction}")
     if tr.checkpoint_every_steps < 0 or tr.keep_checkpoints < 1:
         raise ConfigError("training.checkpoint_every_steps must be >= 0 and training.keep_checkpoints >= 1")
     if tr.num_workers < 0:

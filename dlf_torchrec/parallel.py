@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,8 @@ from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
+from torchrec.distributed.planner.types import ShardingOption
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
@@ -119,24 +120,41 @@ def dense_kernel_tables(model: nn.Module, opt: SparseOptimizerConfig, sharding: 
     return {name for name, rows in tables.items() if rows <= opt.dense_max_rows}
 
 
-def plan_sharding(
+class OrderedEnumerator(EmbeddingEnumerator):
+    """TorchRec's enumerator with a fixed order of the sharding options.
+
+    TorchRec intersects the allowed and the constrained sharding types (and compute kernels) as Python sets, so
+    the options of a table come out in an order that depends on the process's string-hash seed; the proposers
+    keep the first of equally rated plans, and ties are common (e.g. on one rank), so the chosen plan varied from
+    run to run. Sorting by (table, sharding type, compute kernel) in a fixed order (stable, so options of one
+    kind keep their generated order) makes the plan a function of the inputs.
+    """
+
+    def enumerate(self, module: nn.Module, sharders: list[Any]) -> list[ShardingOption]:
+        options = super().enumerate(module, sharders)
+        tables: dict[str, int] = {}
+        for o in options:
+            tables.setdefault(o.fqn, len(tables))
+        types = [t.value for t in ShardingType]
+        options.sort(key=lambda o: (tables[o.fqn], types.index(o.sharding_type), o.compute_kernel))
+        return options
+
+
+def build_planner(
     model: nn.Module,
-    ctx: DistContext,
+    world_size: int,
+    local_world_size: int,
+    device_type: str,
     sharding: ShardingConfig,
-    sharders: list[Any],
     batch_size_per_rank: int,
     dense_tables: set[str] | None = None,
-) -> ShardingPlan:
-    """Plan with the EmbeddingShardingPlanner.
+) -> EmbeddingShardingPlanner:
+    """The EmbeddingShardingPlanner for ``model``.
 
     ``dense_tables`` are replicated (data_parallel, dense kernel: trained by a torch optimiser); a forced
     ``sharding.type`` constrains every other table to it; "auto" lets the planner choose among the fused types.
     """
-    topology = Topology(
-        world_size=ctx.world_size,
-        local_world_size=ctx.local_world_size,
-        compute_device=ctx.device.type,
-    )
+    topology = Topology(world_size=world_size, local_world_size=local_world_size, compute_device=device_type)
     dense_tables = dense_tables or set()
     data_parallel = ParameterConstraints(sharding_types=[ShardingType.DATA_PARALLEL.value], compute_kernels=["dense"])
     if sharding.type != "auto":
@@ -148,7 +166,22 @@ def plan_sharding(
         fused_types = [t.value for t in ShardingType if t.value != ShardingType.DATA_PARALLEL.value]
         forced = ParameterConstraints(sharding_types=fused_types)
     constraints = {name: data_parallel if name in dense_tables else forced for name in table_rows(model)}
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size_per_rank, constraints=constraints)
+    enumerator = OrderedEnumerator(topology=topology, batch_size=batch_size_per_rank, constraints=constraints)
+    return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size_per_rank, constraints=constraints,
+                                    enumerator=enumerator)
+
+
+def plan_sharding(
+    model: nn.Module,
+    ctx: DistContext,
+    sharding: ShardingConfig,
+    sharders: list[Any],
+    batch_size_per_rank: int,
+    dense_tables: set[str] | None = None,
+) -> ShardingPlan:
+    """Plan on rank 0 and share the plan with every rank."""
+    planner = build_planner(model, ctx.world_size, ctx.local_world_size, ctx.device.type, sharding,
+                            batch_size_per_rank, dense_tables)
     pg = dist.GroupMember.WORLD
     assert pg is not None, "init_distributed() must run first"
     return planner.collective_plan(model, sharders, pg)
@@ -178,10 +211,25 @@ def shard_model(
     )
 
 
+def plan_to_dict(plan: ShardingPlan) -> dict[str, dict[str, Any]]:
+    """Per table: sharding type, compute kernel and the ranks (with offsets and sizes) of its shards."""
+    out: dict[str, dict[str, Any]] = {}
+    for module_name, module_plan in sorted(plan.plan.items()):
+        for table, ps in sorted(module_plan.items()):  # type: ignore[union-attr]
+            shards = ps.sharding_spec.shards if ps.sharding_spec is not None else []
+            out[f"{module_name}.{table}" if module_name else table] = {
+                "sharding_type": ps.sharding_type,
+                "compute_kernel": ps.compute_kernel,
+                "ranks": ps.ranks,
+                "shards": [{"rank": sh.placement.rank(), "offsets": sh.shard_offsets, "sizes": sh.shard_sizes}
+                           for sh in shards],
+            }
+    return out
+
+
 def describe_plan(dmp: DistributedModelParallel) -> str:
-    """A one-line summary of the sharding plan: table counts per (sharding type, compute kernel)."""
-    counts: Counter[str] = Counter()
-    for module_plan in dmp.plan.plan.values():
-        for ps in module_plan.values():  # type: ignore[union-attr]
-            counts[f"{ps.sharding_type}/{ps.compute_kernel}"] += 1
-    return ", ".join(f"{n} tables {kind}" for kind, n in sorted(counts.items()))
+    """The sharding plan in one line: per (sharding type, compute kernel) the count and names of its tables."""
+    kinds: dict[str, list[str]] = {}
+    for table, entry in plan_to_dict(dmp.plan).items():
+        kinds.setdefault(f"{entry['sharding_type']}/{entry['compute_kernel']}", []).append(table.rsplit(".", 1)[-1])
+    return "; ".join(f"{len(names)} tables {kind} ({', '.join(names)})" for kind, names in sorted(kinds.items()))

@@ -20,24 +20,31 @@ if __name__ == "__main__" and not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import warnings  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
 
 from dlf_torchrec import io  # noqa: E402
 from dlf_torchrec.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from dlf_torchrec.data.meta import DatasetMeta  # noqa: E402
-from dlf_torchrec.data.preprocess import ensure_preprocessed  # noqa: E402
+from dlf_torchrec.data.preprocess import DataError, check_validation_split, ensure_preprocessed  # noqa: E402
 from dlf_torchrec.parallel import (  # noqa: E402
     DistContext,
     describe_plan,
     init_distributed,
+    plan_to_dict,
     shutdown_distributed,
 )
 from dlf_torchrec.training.allocator import configure_cpu_allocator  # noqa: E402
 from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything  # noqa: E402
+from dlf_torchrec.training.metrics import json_safe  # noqa: E402
 from dlf_torchrec.training.oracle import synthetic_report  # noqa: E402
+from dlf_torchrec.training.runlock import RunDirLocked, RunLock  # noqa: E402
 from dlf_torchrec.training.stack import build_training_stack  # noqa: E402
 
 
@@ -48,24 +55,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
-    """Rank 0 preprocesses the dataset if needed; the others wait for it."""
-    error: list[str | None] = [None]
+def _on_rank0(ctx: DistContext, action: Callable[[], object]) -> tuple[str, str] | None:
+    """Run ``action`` on rank 0 only; every rank gets its error as (exception type name, message), or None.
+
+    The error reaches every rank, so that all of them stop instead of the others waiting in a collective."""
+    error: list[tuple[str, str] | None] = [None]
     if ctx.is_main:
         try:
-            ensure_preprocessed(cfg.dataset)
-        except Exception as e:  # reported on every rank below, so no rank hangs at the barrier
-            error[0] = f"{type(e).__name__}: {e}"
+            action()
+        except Exception as e:
+            error[0] = (type(e).__name__, str(e))
     if ctx.world_size > 1:
         dist.broadcast_object_list(error, src=0)
-    if error[0] is not None:
-        raise RuntimeError(f"data preparation failed on rank 0: {error[0]}")
+    return error[0]
+
+
+def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
+    """Rank 0 preprocesses the dataset if needed; the others wait for it."""
+    def prepare() -> None:
+        check_validation_split(DatasetMeta.load(ensure_preprocessed(cfg.dataset)), cfg.dataset)
+
+    error = _on_rank0(ctx, prepare)
+    if error is not None and error[0] == DataError.__name__:
+        raise DataError(error[1])
+    if error is not None:
+        raise RuntimeError(f"data preparation failed on rank 0: {error[0]}: {error[1]}")
     return cfg.dataset.output_dir
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str, ctx: DistContext) -> Iterator[None]:
+    """Rank 0 holds ``output_dir``'s run lock for the block; every rank raises RunDirLocked if another run has it."""
+    lock = RunLock(output_dir)
+    error = _on_rank0(ctx, lock.acquire)
+    if error is not None:
+        raise RunDirLocked(error[1]) if error[0] == RunDirLocked.__name__ else RuntimeError(": ".join(error))
+    try:
+        yield
+    finally:
+        lock.release()  # a no-op on the ranks that did not take it
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _read_results(path: str) -> dict[str, dict[str, float]] | None:
+    """A previous run's results.json, or None when there is none (or it is unreadable)."""
+    try:
+        results = io.read_json(path)
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and "valid" in results else None
 
 
 def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
     configure_cpu_allocator(cfg.training.cpu_allocator)
     ctx = init_distributed(cfg.training.device)
+    with output_dir_lock(cfg.training.output_dir, ctx):
+        return _run_locked(cfg, ctx)
+
+
+def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, float]]:
     seed_everything(cfg.training.seed)
     data_dir = prepare_data(cfg, ctx)
     meta = DatasetMeta.load(data_dir)
@@ -78,14 +129,33 @@ def run(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
               f"{sum(f.vocab_size for f in meta.categorical):,} embedding rows, world size {ctx.world_size} "
               f"({ctx.backend}), rows train/valid/test = "
               + "/".join(str(meta.splits[s].rows) if s in meta.splits else "-" for s in ("train", "valid", "test")))
-        print(f"[dlf_torchrec] sharding plan: {describe_plan(stack.dmp)}")
-    results = Trainer(cfg, ctx, stack, data_dir).fit()
-    if cfg.dataset.format == "synthetic":  # model AUC beside the oracle's and a logistic regression's
-        results = synthetic_report(cfg, ctx, data_dir, results)
+        plan_path = os.path.join(tr.output_dir, "plan.json")
+        io.write_json(plan_path, {"world_size": ctx.world_size, "sharding": cfg.sharding.type,
+                                  "tables": plan_to_dict(stack.dmp.plan)}, indent=1)
+        print(f"[dlf_torchrec] sharding plan ({plan_path}): {describe_plan(stack.dmp)}")
+    trainer = Trainer(cfg, ctx, stack, data_dir)
+    trainer.resume()
+    results_path = os.path.join(tr.output_dir, "results.json")
+    kept = [_read_results(results_path) if ctx.is_main and trainer.finished else None]
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(kept, src=0)
+    if kept[0] is not None:
+        # A finished run resumed: nothing to train, and its results stand (re-evaluating under another world size
+        # or plan must not replace them).
+        results = kept[0]
+        if ctx.is_main:
+            print(f"[dlf_torchrec] nothing to train: {tr.output_dir} finished at epoch {trainer.state.epoch} "
+                  f"(step {trainer.state.global_step}); kept its results.json (raise training.epochs to train on, "
+                  f"or use a new training.output_dir)")
+    else:
+        results = trainer.fit()
+        if cfg.dataset.format == "synthetic":  # model AUC beside the oracle's and a logistic regression's
+            results = synthetic_report(cfg, ctx, data_dir, results)
     if ctx.is_main:
-        io.write_json(os.path.join(tr.output_dir, "results.json"), results)
+        if kept[0] is None:
+            io.write_text(results_path, json.dumps(json_safe(results), indent=2, allow_nan=False))  # NaN -> null
         for split, m in results.items():
-            print(f"[dlf_torchrec] best checkpoint {split}: AUC={m['auc']:.4f} logloss={m['logloss']:.4f} "
+            print(f"[dlf_torchrec] best checkpoint {split}: AUC={_fmt(m['auc'])} logloss={_fmt(m['logloss'])} "
                   f"rows={int(m['rows'])}")
     return results
 
@@ -106,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except NonFiniteLossError as e:  # the message names the step and where the last good checkpoint is
         print(f"training stopped: {e}", file=sys.stderr)
+        return 1
+    except (RunDirLocked, DataError) as e:
+        shutdown_distributed()
+        print(f"train: error: {e}", file=sys.stderr)
         return 1
     except BaseException:
         shutdown_distributed()

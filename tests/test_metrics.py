@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from dlf_torchrec.training.metrics import LOGLOSS_EPS, compute_metrics, log_loss, roc_auc
+from dlf_torchrec.training.metrics import LOGLOSS_EPS, compute_metrics, json_safe, log_loss, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -33,3 +36,11 @@ def test_single_class_auc_is_nan_and_extreme_probs_are_finite() -> None:
     assert np.isnan(roc_auc(np.ones(4), np.linspace(0, 1, 4)))
     metrics = compute_metrics(np.array([0.0, 1.0]), np.array([1.0, 0.0]))
     assert np.isfinite(metrics["logloss"]) and metrics["rows"] == 2.0
+
+
+def test_results_with_an_undefined_auc_are_valid_json() -> None:
+    """A one-class split has no AUC (NaN): results.json and metrics.jsonl write null, never a bare NaN."""
+    results = {"valid": compute_metrics(np.array([0.2, 0.7]), np.array([1.0, 1.0]))}
+    assert math.isnan(results["valid"]["auc"])
+    text = json.dumps(json_safe(results), allow_nan=False)
+    assert json.loads(text)["valid"]["auc"] is None and json.loads(text)["valid"]["rows"] == 2.0

@@ -15,7 +15,7 @@ from dlf_torchrec.config import DatasetConfig
 from dlf_torchrec.data import parse as P
 from dlf_torchrec.data.features import bucketize, dense_transform
 from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, DatasetMeta
-from dlf_torchrec.data.preprocess import ensure_preprocessed, main, preprocess
+from dlf_torchrec.data.preprocess import DataError, check_validation_split, ensure_preprocessed, main, preprocess
 from dlf_torchrec.data.reading import BadRowError
 from dlf_torchrec.data.shards import open_split
 from dlf_torchrec.data.synthetic import generate_criteo_tsv
@@ -74,7 +74,7 @@ def planted_file(path: Path, n: int = 30) -> Path:
 
 def test_skip_policy_counts_reasons_and_lines(tmp_path: Path) -> None:
     train = planted_file(tmp_path / "bad.tsv")
-    meta = preprocess(cfg_for(tmp_path, train, bad_rows="skip", chunk_rows=7))
+    meta = preprocess(cfg_for(tmp_path, train, bad_rows="skip", chunk_rows=7, max_bad_fraction=1.0))
     assert meta.rows_read == 30
     assert meta.rows_rejected == len(PLANTED)
     assert meta.rows_written == 30 - len(PLANTED) == sum(s.rows for s in meta.splits.values())
@@ -107,7 +107,7 @@ def test_fail_policy_in_valid_file_and_meta_absent(tmp_path: Path) -> None:
     valid = tmp_path / "valid.tsv"
     valid.write_text(criteo() + "\n" + criteo(label="7") + "\n")
     cfg = cfg_for(tmp_path, train, valid=str(valid), bad_rows="fail")
-    preprocess(dataclasses.replace(cfg, bad_rows="skip"))
+    preprocess(dataclasses.replace(cfg, bad_rows="skip", max_bad_fraction=1.0))
     assert (tmp_path / "out" / META_FILE).exists()
     with pytest.raises(BadRowError, match=rf"{valid}:2: {P.BAD_LABEL}"):
         preprocess(cfg)
@@ -120,6 +120,104 @@ def test_missing_input_is_named(tmp_path: Path) -> None:
     train = planted_file(tmp_path / "ok.tsv")
     with pytest.raises(FileNotFoundError, match="dataset.valid.*missing_valid"):
         preprocess(cfg_for(tmp_path, train, valid=str(tmp_path / "missing_valid")))
+
+
+# ----------------------------------------------------------------------------------------- no empty datasets
+
+CSV_SCHEMA = {"header": True, "label": "y", "columns": [{"name": "user", "type": "categorical"},
+                                                         {"name": "y", "type": "label"}]}
+
+
+def _good_rows(n: int) -> str:
+    return "".join(criteo(label=str(i % 2), cats=[f"{i % 5:08x}"] * 26) + "\n" for i in range(n))
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("empty", "no data rows"),
+    ("header_only", "no data rows"),
+    ("wrong_delimiter", r"all 40 rows rejected, 0 written .*top reasons: 40 x wrong field count; e\.g\. .*:1: "),
+    ("too_many_bad", r"3 of 100 rows rejected \(3\.00%\), over dataset\.max_bad_fraction=0\.01; "
+                     r"top reasons: 2 x bad label, 1 x blank line"),
+    ("empty_valid", "valid.tsv: no data rows"),
+])
+def test_no_usable_rows_or_too_many_bad_ones_fail_naming_the_file(tmp_path: Path, case: str, message: str) -> None:
+    train, kw = tmp_path / "train.tsv", {}
+    if case == "empty":
+        train.write_text("")
+    elif case == "header_only":
+        train = tmp_path / "t.csv"
+        train.write_text("user,y\n")
+        kw = {"format": "csv", "schema": CSV_SCHEMA}
+    elif case == "wrong_delimiter":  # a comma-separated file read as criteo (tab-separated)
+        train.write_text(_good_rows(40).replace("\t", ","))
+    elif case == "too_many_bad":
+        lines = _good_rows(97).splitlines()
+        train.write_text("\n".join([*lines[:10], criteo(label="yes"), "", criteo(label="7"), *lines[10:]]) + "\n")
+    else:
+        train.write_text(_good_rows(50))
+        (tmp_path / "valid.tsv").write_text("")
+        kw = {"valid": str(tmp_path / "valid.tsv")}
+    with pytest.raises(DataError, match=message) as err:
+        preprocess(cfg_for(tmp_path, train, **kw))
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)  # one line naming the file
+    assert not (tmp_path / "out" / META_FILE).exists()
+    if case == "too_many_bad":  # allowed explicitly
+        assert preprocess(cfg_for(tmp_path, train, max_bad_fraction=0.05)).rows_rejected == 3
+
+
+def test_cli_reports_a_data_error_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = tmp_path / "train.tsv"
+    train.write_text("")
+    yaml_path = tmp_path / "exp.yaml"
+    yaml_path.write_text(f"dataset:\n  format: criteo\n  train: {train}\n  output_dir: {tmp_path / 'o'}\n")
+    assert main(["--config", str(yaml_path)]) == 1
+    assert capsys.readouterr().err == f"preprocess: error: {train}: no data rows (empty file, or a header only)\n"
+
+
+@pytest.mark.parametrize("labels", ["0", "1", None])
+def test_one_class_or_empty_validation_split_is_a_data_error(tmp_path: Path, labels: str | None) -> None:
+    train = tmp_path / "train.tsv"
+    train.write_text(_good_rows(30))
+    valid = tmp_path / "valid.tsv"
+    valid.write_text("".join(criteo(label=labels) + "\n" for _ in range(5)) if labels else _good_rows(4))
+    cfg = cfg_for(tmp_path, train, valid=str(valid))
+    meta = preprocess(cfg)
+    assert meta.splits["valid"].positives == (5 if labels == "1" else 0 if labels else 2)
+    if labels is None:
+        check_validation_split(meta, cfg)  # both classes: fine
+        return
+    with pytest.raises(DataError, match=rf"{valid}: the validation split has one class only \(5 rows, all label "
+                                        rf"{labels}\)"):
+        check_validation_split(meta, cfg)
+
+
+# ------------------------------------------------------------------------------------------ stale data
+
+
+def test_changed_inputs_or_config_preprocess_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """meta.json knows its inputs: another train file, an edited one, or another dataset key is preprocessed again
+    (never the old data silently reused); an unchanged config and input is not redone."""
+    first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    first.write_text(_good_rows(40))
+    second.write_text(_good_rows(60))
+    cfg = cfg_for(tmp_path, first)
+    meta_path = tmp_path / "out" / META_FILE
+
+    def rows(c: DatasetConfig) -> int:
+        return DatasetMeta.load(ensure_preprocessed(c)).rows_read
+
+    assert rows(cfg) == 40
+    stamp = meta_path.stat().st_mtime_ns
+    assert rows(dataclasses.replace(cfg, progress=True, chunk_rows=7)) == 40  # keys that do not change the data
+    assert meta_path.stat().st_mtime_ns == stamp and "stale" not in capsys.readouterr().err
+    assert rows(dataclasses.replace(cfg, train=str(second))) == 60  # the issue's case: another dataset.train
+    assert f"dataset.train {second}: path, size, mtime_ns, sha256_first_last_mib changed" in capsys.readouterr().err
+    with second.open("a") as f:  # the same file, edited
+        f.write(_good_rows(5))
+    assert rows(dataclasses.replace(cfg, train=str(second))) == 65
+    assert rows(dataclasses.replace(cfg, train=str(second), min_count=2)) == 65
+    assert "dataset.min_count was 1, now 2" in capsys.readouterr().err
+    assert DatasetMeta.load(str(tmp_path / "out")).dataset_config["min_count"] == 2
 
 
 # --------------------------------------------------------------------------------------- vocab / OOV
@@ -172,7 +270,7 @@ def test_bucketize_and_dense_transform() -> None:
 
 def test_numeric_dense_mode(tmp_path: Path) -> None:
     train = planted_file(tmp_path / "bad.tsv")
-    meta = preprocess(cfg_for(tmp_path, train, numeric="dense", split=[1.0, 0.0, 0.0]))
+    meta = preprocess(cfg_for(tmp_path, train, numeric="dense", split=[1.0, 0.0, 0.0], max_bad_fraction=1.0))
     assert meta.dense == [f"I{i}" for i in range(1, 14)] and len(meta.categorical) == 26
     assert list(meta.splits) == ["train"]
     labels, sparse, dense = read_all(str(tmp_path / "out"))["train"]
@@ -226,7 +324,7 @@ def test_ensure_preprocessed_synthetic_and_cli(tmp_path: Path) -> None:
     train = planted_file(tmp_path / "bad.tsv")
     yaml_path = tmp_path / "exp.yaml"
     yaml_path.write_text(f"dataset:\n  name: cli\n  format: criteo\n  train: {train}\n"
-                         f"  output_dir: {tmp_path / 'cli'}\n  progress: false\n")
+                         f"  output_dir: {tmp_path / 'cli'}\n  progress: false\n  max_bad_fraction: 1.0\n")
     assert main(["--config", str(yaml_path), "dataset.min_count=2", "chunk_rows=4"]) == 0
     cli = DatasetMeta.load(str(tmp_path / "cli"))
     assert cli.dataset_config["min_count"] == 2 and cli.dataset_config["chunk_rows"] == 4
@@ -237,7 +335,7 @@ def test_csv_format_end_to_end(tmp_path: Path) -> None:
     train = tmp_path / "t.csv"
     train.write_text("user,y,price,junk\n" + "".join(f"u{i % 3},{i % 2},{i}.5,zz\n" for i in range(20))
                      + "u1,maybe,1,zz\n")
-    cfg = cfg_for(tmp_path, train, format="csv", numeric="dense", split=[0.5, 0.5, 0.0],
+    cfg = cfg_for(tmp_path, train, format="csv", numeric="dense", split=[0.5, 0.5, 0.0], max_bad_fraction=0.05,
                   schema={"header": True, "label": "y", "columns": [
                       {"name": "user", "type": "categorical"}, {"name": "y", "type": "label"},
                       {"name": "price", "type": "numeric"}, {"name": "junk", "type": "skip"}]})

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.preprocess import ensure_preprocessed
 from dlf_torchrec.run import build_unsharded
 from dlf_torchrec.training import checkpoint as ckpt
+from dlf_torchrec.training.runlock import LOCK_FILE, RunDirLocked, RunLock
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs" / "synthetic" / "dcnv2.yaml")
@@ -204,6 +206,71 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(data_dir: str, t
 
 
 # --------------------------------------------------------------------------------------------- 4. guards
+
+
+def test_rerun_of_finished_run_trains_nothing_and_keeps_results(data_dir: str, tmp_path: Path) -> None:
+    """The same command again (here under another plan) once every epoch is done: no step, no evaluation, and the
+    first run's results.json stays as it was (it used to be re-evaluated and overwritten)."""
+    run = tmp_path / "run"
+    args = _args(data_dir, run, "training.epochs=1", "training.evaluate_test=false")
+    train = [sys.executable, "-m", "dlf_torchrec.train", *args]
+    first = subprocess.run(train, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = run / "results.json"
+    before, mtime, events = results.read_bytes(), results.stat().st_mtime_ns, len(_events(run))
+    again = subprocess.run([*train, "sharding.type=row_wise"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing to train" in again.stdout and "kept its results.json" in again.stdout, again.stdout[-3000:]
+    assert results.read_bytes() == before and results.stat().st_mtime_ns == mtime
+    assert [e["event"] for e in _events(run)[events:]] == ["resume"]
+
+
+def test_second_run_into_a_locked_output_dir_fails_in_one_line(data_dir: str, tmp_path: Path) -> None:
+    """While a run holds ``<output_dir>/run.lock`` (here: this test process), a second training into the same
+    directory exits 1 with one line naming the holder, before writing anything there."""
+    run = tmp_path / "run"
+    with RunLock(str(run)):
+        proc = subprocess.run([sys.executable, "-m", "dlf_torchrec.train", *_args(data_dir, run)], cwd=REPO, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"train: error: {run} is in use by another run (pid {os.getpid()} on host "), lines
+    assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(run)) == []  # the lock file went with its holder; nothing else was written
+
+
+def test_run_lock_reports_and_takes_over_a_stale_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "time": 0}))
+    lock = RunLock(str(tmp_path))
+    lock.acquire()
+    assert f"stale lock {tmp_path / LOCK_FILE} from a run that is no longer running (pid {dead.pid}" \
+        in capsys.readouterr().err
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    with pytest.raises(RunDirLocked, match=f"pid {os.getpid()} on host"):
+        RunLock(str(tmp_path)).acquire()
+    lock.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+    with RunLock(str(tmp_path)):  # free again
+        pass
+
+
+def test_one_class_validation_split_fails_before_training_in_one_line(tmp_path: Path) -> None:
+    line = "\t".join(["{}", *["1"] * 13, *["0000000a"] * 26])
+    train, valid = tmp_path / "train.tsv", tmp_path / "valid.tsv"
+    train.write_text("".join(line.format(i % 2) + "\n" for i in range(40)))
+    valid.write_text("".join(line.format(0) + "\n" for _ in range(8)))
+    args = _args(str(tmp_path / "data"), tmp_path / "run", "dataset.format=criteo", f"dataset.train={train}",
+                 f"dataset.valid={valid}")
+    proc = subprocess.run([sys.executable, "-m", "dlf_torchrec.train", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"train: error: {valid}: the validation split has one class "
+                                                    f"only (8 rows, all label 0): AUC is undefined; use more rows "
+                                                    f"or another split")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoints(data_dir: str, tmp_path: Path) -> None:

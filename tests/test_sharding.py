@@ -109,3 +109,40 @@ def test_dcp_checkpoint_round_trip_is_exact(tmp_path) -> None:
     for losses in run_ranks(_checkpoint_round_trip, 2, str(tmp_path), str(tmp_path / "ckpt")):
         assert losses[:2] == losses[2:], losses
     assert ckpt.periodic_checkpoints(str(tmp_path / "ckpt")) == [str(tmp_path / "ckpt" / "step_2")]
+
+
+_PLAN_SCRIPT = """
+import json, torch
+from dlf_torchrec.config import ShardingConfig, build_config
+from dlf_torchrec.data.meta import CategoricalField, FeatureSpec
+from dlf_torchrec.models.registry import build_model
+from dlf_torchrec.parallel import AllTypesEmbeddingBagCollectionSharder, build_planner, plan_to_dict
+from dlf_torchrec.training.task import TrainTask
+# The synthetic default's 26 Criteo-like tables (vocab sizes of configs/synthetic/dcnv2.yaml's data), dim 16.
+sizes = [1460, 583, 305, 24, 12517, 633, 14, 9, 5683, 3194, 1000, 3, 5, 500, 200, 90000, 30000, 4000, 27, 11, 8000,
+         60, 4, 900, 50, 2]
+spec = FeatureSpec(categorical=tuple(CategoricalField(f"C{i}", v) for i, v in enumerate(sizes)))
+cfg = build_config({"model": {"name": "dcnv2", "hidden_units": [32]}})
+model = TrainTask(build_model("dcnv2", spec, 16, 1e-4, cfg.model, device=torch.device("meta")))
+sharders = [AllTypesEmbeddingBagCollectionSharder()]
+plans = {n: plan_to_dict(build_planner(model, n, n, "cpu", ShardingConfig(type="auto"), 4096 // n)
+                         .plan(model, sharders)) for n in (1, 2, 8)}
+print(json.dumps(plans, sort_keys=True))
+"""
+
+
+@pytest.mark.slow
+def test_auto_plan_is_a_function_of_config_and_world_size() -> None:
+    """The same model planned in processes with different string-hash seeds (which reorder TorchRec's sets of
+    sharding types) at 1, 2 and 8 ranks: one plan per world size."""
+    import subprocess
+    import sys
+
+    plans = set()
+    for seed in range(5):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        proc = subprocess.run([sys.executable, "-c", _PLAN_SCRIPT], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        plans.add(proc.stdout.strip().splitlines()[-1])
+    assert len(plans) == 1, f"{len(plans)} different plans from 5 processes"

@@ -49,6 +49,8 @@ class FeatureSpec:
 @dataclass
 class SplitInfo:
     rows: int
+    # Rows with label 1 (None in datasets preprocessed before it was recorded).
+    positives: int | None = None
 
 
 @dataclass
@@ -66,6 +68,8 @@ class DatasetMeta:
     # The first few rejections as "file:line: reason".
     rejected_examples: list[str] = field(default_factory=list)
     dataset_config: dict[str, Any] = field(default_factory=dict)
+    # Fingerprint of each raw input ({"train": {path, size, mtime_ns, sha256 of its first and last MiB}, ...}).
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property

@@ -44,10 +44,12 @@ import numpy as np
 from dlf_torchrec import io
 from dlf_torchrec.config import REPO_ROOT, DatasetConfig
 from dlf_torchrec.data.features import Vocab, distinct, featurize, output_fields, token_strings
+from dlf_torchrec.data.fingerprint import input_fingerprints, stale_reasons
 from dlf_torchrec.data.formats import FORMATS, get_format
 from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, CategoricalField, DatasetMeta, SplitInfo
 from dlf_torchrec.data.parse import parse_chunk
 from dlf_torchrec.data.reading import (
+    DataError,
     FileChunk,
     Rejections,
     RejectList,
@@ -242,8 +244,45 @@ def preprocess(cfg: DatasetConfig, *, workers: int | None = None) -> DatasetMeta
         shutil.rmtree(cache, ignore_errors=True)
 
 
+@dataclass
+class _FileCounts:
+    path: str
+    read: int
+    rejections: Rejections
+
+
+def _check_rows(cfg: DatasetConfig, files: list[_FileCounts], rows: dict[str, int]) -> None:
+    """Raise :class:`DataError` naming the file when an input gave no rows or too many bad ones, or the train
+    split got none."""
+    for f in files:
+        rejected = f.rejections.total
+        if f.read == 0:
+            raise DataError(f"{f.path}: no data rows (empty file, or a header only)")
+        if rejected == f.read:
+            raise DataError(f"{f.path}: all {f.read:,} rows rejected, 0 written (wrong dataset.format or delimiter?); "
+                            f"{f.rejections.top()}")
+        if rejected > cfg.max_bad_fraction * f.read:
+            raise DataError(f"{f.path}: {rejected:,} of {f.read:,} rows rejected ({rejected / f.read:.2%}), over "
+                            f"dataset.max_bad_fraction={cfg.max_bad_fraction:g}; {f.rejections.top()}")
+    if rows.get("train", 1) == 0:
+        raise DataError(f"{files[0].path}: the train split got 0 rows (dataset.split={cfg.split})")
+
+
+def check_validation_split(meta: DatasetMeta, cfg: DatasetConfig) -> None:
+    """Raise :class:`DataError` unless the validation split can be scored: rows of both classes (else AUC is NaN,
+    no checkpoint is ever "best", and the run ends without a result)."""
+    source = cfg.valid or cfg.train or cfg.output_dir
+    info = meta.splits.get("valid")
+    if info is None or info.rows == 0:
+        raise DataError(f"{source}: the validation split is empty (dataset.split={cfg.split}); training needs one")
+    if info.positives is not None and info.positives in (0, info.rows):
+        raise DataError(f"{source}: the validation split has one class only ({info.rows:,} rows, all label "
+                        f"{int(info.positives > 0)}): AUC is undefined; use more rows or another split")
+
+
 def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: float) -> DatasetMeta:
     out = cfg.output_dir
+    inputs = input_fingerprints(cfg, _resolve)  # before reading: a file changed meanwhile then looks stale next time
     names, dense_names = output_fields(plan.schema, plan.numeric)
     # Pass 1: token counts over train rows (train file only); featurised chunks are cached for pass 2.
     train_path = plan.files[0][0]
@@ -271,7 +310,8 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         SPLITS[s] for _, s in plan.files]
     writer = ShardWriter(out, splits, len(names), len(dense_names))
     rejections = Rejections(cfg.bad_rows)
-    rows_read = 0
+    files: list[_FileCounts] = []
+    positives = dict.fromkeys(splits, 0)
     total = pass1_lines if len(plan.files) == 1 else None
     try:
         with _progress(cfg.progress, total, "write") as bar:
@@ -279,21 +319,27 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
                 jobs: Iterator[Any] = iter(cached) if file_idx == 0 else file_chunks(path, file_idx, plan.schema,
                                                                                       cfg.chunk_rows)
                 line = 2 if header_bytes(path, plan.schema) else 1
+                counts = _FileCounts(path, 0, Rejections(cfg.bad_rows))
                 for n_lines, rejected, parts in _run_jobs(jobs, lambda j: _transform_job(plan, vocabs, j),
                                                           _worker_transform, workers, (plan, vocabs, None)):
-                    rejections.add(path, line, rejected)
+                    counts.rejections.add(path, line, rejected)
                     line += n_lines
                     for s, (labels, sparse, dense) in sorted(parts.items()):
                         writer.append(SPLITS[s], labels, sparse, dense)
-                    rows_read += n_lines
+                        positives[SPLITS[s]] += int((labels > 0.5).sum())
+                    counts.read += n_lines
                     bar.update(n_lines)
+                rejections.merge(counts.rejections)
+                files.append(counts)
     finally:
         writer.close()
 
+    rows_read = sum(f.read for f in files)
     rows_written = sum(writer.rows.values())
     if rows_read != rows_written + rejections.total:
         raise AssertionError(f"row accounting: read {rows_read} != written {rows_written} + "
                              f"rejected {rejections.total}")
+    _check_rows(cfg, files, dict(writer.rows))  # before meta.json: a failed dataset never looks ready
     vocab_json = {n: token_strings(v.keys) for n, v in zip(names, vocabs, strict=True)}
     io.write_json(os.path.join(out, VOCAB_FILE), vocab_json, indent=None)
     meta = DatasetMeta(
@@ -301,13 +347,14 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         source_format=cfg.format,
         categorical=[CategoricalField(n, len(v.keys) + 2) for n, v in zip(names, vocabs, strict=True)],
         dense=dense_names,
-        splits={s: SplitInfo(writer.rows[s]) for s in splits},
+        splits={s: SplitInfo(writer.rows[s], positives[s]) for s in splits},
         rows_read=rows_read,
         rows_written=rows_written,
         rows_rejected=rejections.total,
         rejected_by_reason=dict(rejections.by_reason),
         rejected_examples=rejections.examples,
         dataset_config=dataclasses.asdict(cfg),
+        inputs=inputs,
     )
     meta.save(out)
     elapsed = time.perf_counter() - t0
@@ -327,7 +374,10 @@ def _summary(meta: DatasetMeta, out: str, elapsed: float) -> None:
 
 
 def ensure_preprocessed(cfg: DatasetConfig) -> str:
-    """Preprocess ``cfg`` unless ``output_dir/meta.json`` exists; returns ``output_dir``.
+    """Preprocess ``cfg`` unless ``output_dir/meta.json`` holds exactly its data; returns ``output_dir``.
+
+    ``meta.json`` records the dataset section and each raw input's fingerprint (:mod:`~dlf_torchrec.data.
+    fingerprint`); when either differs the data is preprocessed again, never silently reused.
 
     Generated formats (``synthetic``) first write their raw file (:attr:`Format.generate
     <dlf_torchrec.data.formats.base.Format.generate>`), then preprocess it, then add what ``Format.finish`` writes;
@@ -335,8 +385,12 @@ def ensure_preprocessed(cfg: DatasetConfig) -> str:
     """
     out = cfg.output_dir
     fmt = FORMATS[cfg.format]
-    if os.path.exists(os.path.join(out, META_FILE)) and (fmt.is_complete is None or fmt.is_complete(out)):
-        return out
+    if os.path.exists(os.path.join(out, META_FILE)):
+        reasons = stale_reasons(cfg, _resolve)
+        if not reasons and (fmt.is_complete is None or fmt.is_complete(out)):
+            return out
+        if reasons:
+            print(f"[preprocess] {out} is stale ({'; '.join(reasons)}): preprocessing again", file=sys.stderr)
     preprocess(fmt.generate(cfg) if fmt.generate is not None else cfg)
     if fmt.finish is not None:
         fmt.finish(cfg, out)
@@ -358,10 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     ds = cfg.dataset
     if args.force and os.path.exists(os.path.join(ds.output_dir, META_FILE)):
         os.remove(os.path.join(ds.output_dir, META_FILE))
-    if FORMATS[ds.format].generate is not None:  # generated input: made with the dataset, once
-        ensure_preprocessed(ds)
-    else:
-        preprocess(ds, workers=args.workers)
+    try:
+        if FORMATS[ds.format].generate is not None:  # generated input: made with the dataset, once
+            ensure_preprocessed(ds)
+        else:
+            preprocess(ds, workers=args.workers)
+    except DataError as e:
+        print(f"preprocess: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

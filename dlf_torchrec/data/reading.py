@@ -31,6 +31,10 @@ class BadRowError(ValueError):
     """A malformed row under ``bad_rows: fail``; the message is ``file:line: reason``."""
 
 
+class DataError(ValueError):
+    """The data cannot give a meaningful run (no usable rows, too many bad rows, a one-class validation split)."""
+
+
 class Rejections:
     """Malformed rows: ``fail`` raises :class:`BadRowError` (``file:line: reason``) at the first one, ``skip``
     counts them by reason and keeps the first :data:`MAX_EXAMPLES` as ``file:line: reason (detail)``."""
@@ -51,6 +55,16 @@ class Rejections:
             self.total += 1
             if len(self.examples) < MAX_EXAMPLES:
                 self.examples.append(text)
+
+    def merge(self, other: Rejections) -> None:
+        self.by_reason.update(other.by_reason)
+        self.total += other.total
+        self.examples.extend(other.examples[:MAX_EXAMPLES - len(self.examples)])
+
+    def top(self) -> str:
+        """The three commonest reasons and the first example, for a one-line message."""
+        reasons = ", ".join(f"{n:,} x {reason}" for reason, n in self.by_reason.most_common(3))
+        return f"top reasons: {reasons}; e.g. {self.examples[0]}" if self.examples else "no rows rejected"
 
 
 def report_rejections(tag: str, by_reason: dict[str, int], examples: list[str]) -> None:
@@ -85,7 +99,7 @@ def first_nonblank_line(path: str) -> bytes:
         for line in f:
             if line.strip():
                 return line
-    raise ValueError(f"{path}: no data line to detect the number of libFM fields from")
+    raise DataError(f"{path}: no data rows (empty file): cannot detect the number of libFM fields")
 
 
 # ------------------------------------------------------------------------------------ file chunks (preprocessing)

@@ -71,6 +71,7 @@ class FieldEmbedding(nn.Module):
         super().__init__()
         self.embedding_dim = embedding_dim
         self.num_categorical = len(spec.categorical)
+        self.feature_names = spec.categorical_names
         self.ebc = EmbeddingBagCollection(
             tables=table_configs(spec, embedding_dim, init_std, prefix), device=device
         )
@@ -82,8 +83,10 @@ class FieldEmbedding(nn.Module):
         return self.num_categorical + (self.dense_tokens.weight.shape[0] if self.dense_tokens is not None else 0)
 
     def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        pooled = self.ebc(sparse).values()  # [B, F_cat * d], tables in spec order
-        tokens = pooled.view(pooled.shape[0], self.num_categorical, self.embedding_dim)
+        pooled = self.ebc(sparse)
+        # Select by name: a sharded EBC returns its keys grouped by sharding type and rank, so their order depends on
+        # the plan (and world size), and a checkpoint read under another plan would feed fields to the wrong slots.
+        tokens = torch.stack([pooled[name] for name in self.feature_names], dim=1)  # [B, F_cat, d], spec order
         if self.dense_tokens is None:
             return tokens
         return torch.cat([self.dense_tokens(dense), tokens], dim=1)

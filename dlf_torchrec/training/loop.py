@@ -21,7 +21,7 @@ from dlf_torchrec.data.loader import make_dataloader
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training import checkpoint as ckpt
-from dlf_torchrec.training.metrics import compute_metrics, gather_predictions
+from dlf_torchrec.training.metrics import compute_metrics, gather_predictions, json_safe
 from dlf_torchrec.training.stack import TrainingStack
 from dlf_torchrec.training.task import scale_learning_rates
 
@@ -63,7 +63,7 @@ class MetricsLog:
     def write(self, **record: Any) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+                f.write(json.dumps(json_safe({"time": round(time.time(), 3), **record}), allow_nan=False) + "\n")
 
 
 class Trainer:
@@ -78,6 +78,7 @@ class Trainer:
         self.batch_per_rank = tr.batch_size // ctx.world_size
         self.meta = DatasetMeta.load(data_dir)
         self.state = TrainerState()
+        self._resumed = False
         self.checkpoint_dir = os.path.join(tr.output_dir, "checkpoints")
         self.log = MetricsLog(os.path.join(tr.output_dir, "metrics.jsonl"), ctx.is_main)
 
@@ -103,10 +104,12 @@ class Trainer:
         ckpt.prune_checkpoints(self.checkpoint_dir, self.cfg.training.keep_checkpoints)
         self.log.write(event="checkpoint", path=path, epoch=st.epoch, step=st.global_step)
 
-    def _maybe_resume(self) -> None:
+    def resume(self) -> None:
+        """Continue from the newest complete periodic checkpoint (if ``training.resume``); once per Trainer."""
         latest = ckpt.periodic_checkpoints(self.checkpoint_dir)
-        if not self.cfg.training.resume or not latest:
+        if self._resumed or not self.cfg.training.resume or not latest:
             return
+        self._resumed = True
         saved = ckpt.load_checkpoint(latest[-1], self.dmp, self.optimizer)
         self.state = TrainerState(**saved)
         self.log.write(event="resume", path=latest[-1], epoch=self.state.epoch, step=self.state.global_step)
@@ -119,6 +122,7 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         """Exact metrics over the whole split, gathered from every rank."""
         model = self.pipeline.detach()
+        ckpt.average_norm_statistics(model)  # every rank evaluates the same model
         model.eval()
         probs, labels = [], []
         loader = self._loader(split, for_eval=True)
@@ -189,10 +193,15 @@ class Trainer:
         self.log.write(event="train_epoch", epoch=st.epoch, step=st.global_step, loss=loss_sum / max(loss_n, 1),
                        samples_per_s=rows * self.ctx.world_size / max(elapsed, 1e-9))
 
+    @property
+    def finished(self) -> bool:
+        """Every epoch trained or stopped early: :meth:`fit` would train no step."""
+        return self.state.epoch >= self.cfg.training.epochs or self.state.stopped_early
+
     def fit(self) -> dict[str, dict[str, float]]:
         """Train until epochs or early stop; restore the best checkpoint; return its valid (and test) metrics."""
-        tr, st = self.cfg.training, self.state
-        self._maybe_resume()
+        tr = self.cfg.training
+        self.resume()
         st = self.state
         while st.epoch < tr.epochs and not st.stopped_early:
             if st.batch_in_epoch == 0:  # mid-epoch resumes continue the RNG streams restored from the checkpoint

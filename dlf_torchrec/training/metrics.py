@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -61,3 +64,14 @@ def gather_predictions(probs: torch.Tensor, labels: torch.Tensor) -> tuple[np.nd
 
 def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"auc": roc_auc(labels, probs), "logloss": log_loss(labels, probs), "rows": float(labels.size)}
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (an undefined AUC is NaN) replaced by None, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
