@@ -13,7 +13,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.distributed.types import ShardedTensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dlf_torchrec.config import ShardingConfig, SparseOptimizerConfig, build_config
+from dlf_torchrec.config import build_config
 from dlf_torchrec.data.meta import CategoricalField, DatasetMeta
 from dlf_torchrec.models.registry import build_model
 from dlf_torchrec.parallel import init_distributed, shard_model
@@ -28,8 +28,12 @@ DIM, BATCH = 8, 16
 MODEL = {"name": "dcnv2", "hidden_units": [32, 16], "batch_norm": True}
 
 
-def _cfg():
-    return build_config({"model": MODEL, "features": {"embedding_dim": DIM}})
+def _cfg(sharding_type: str = "auto"):
+    raw: dict = {"model": MODEL, "features": {"embedding_dim": DIM}}
+    if sharding_type == "data_parallel":  # replicated tables are trained by a torch optimiser (the dense kernel)
+        raw["sharding"] = {"type": "data_parallel"}
+        raw["optimizer"] = {"sparse": {"name": "adagrad", "lr": 0.05, "kernel": "dense"}}
+    return build_config(raw)
 
 
 def _batch(seed: int) -> Batch:
@@ -46,10 +50,10 @@ FIXED_SEED = 12345  # the prediction batch: identical on every rank and in the u
 
 def _build(sharding_type: str):
     ctx = init_distributed("cpu")
-    cfg = _cfg()
+    cfg = _cfg(sharding_type)
     torch.manual_seed(0)
     model = build_model("dcnv2", META.feature_spec, DIM, cfg.features.init_std, cfg.model, device=torch.device("meta"))
-    dmp = shard_model(TrainTask(model), ctx, ShardingConfig(type=sharding_type), SparseOptimizerConfig(), BATCH)
+    dmp = shard_model(TrainTask(model), ctx, ShardingConfig(type=sharding_type), cfg.optimizer.sparse, BATCH)
     return ctx, cfg, dmp, build_optimizer(dmp, cfg.optimizer)
 
 
