@@ -13,7 +13,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.distributed.types import ShardedTensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dlf_torchrec.config import build_config
+from dlf_torchrec.config import ShardingConfig, build_config
 from dlf_torchrec.data.meta import CategoricalField, DatasetMeta
 from dlf_torchrec.models.registry import build_model
 from dlf_torchrec.parallel import init_distributed, shard_model
