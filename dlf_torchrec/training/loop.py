@@ -25,7 +25,6 @@ from dlf_torchrec.training.metrics import compute_metrics, gather_predictions, j
 from dlf_torchrec.training.stack import TrainingStack
 from dlf_torchrec.training.task import scale_learning_rates
 
-
 # No tqdm monitor thread: DataLoader workers are forked at every epoch and evaluation, and a fork taken while another
 # thread holds a lock can leave the child hung (seen once in CI: an evaluation worker stuck right after fork).
 tqdm.monitor_interval = 0
