@@ -41,9 +41,11 @@ from dlf_torchrec.parallel import (  # noqa: E402
     shutdown_distributed,
 )
 from dlf_torchrec.training.allocator import configure_cpu_allocator  # noqa: E402
+from dlf_torchrec.training.checkpoint import periodic_checkpoints  # noqa: E402
 from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything  # noqa: E402
 from dlf_torchrec.training.metrics import json_safe  # noqa: E402
 from dlf_torchrec.training.oracle import synthetic_report  # noqa: E402
+from dlf_torchrec.training.runfingerprint import ResumeMismatch, check_or_record  # noqa: E402
 from dlf_torchrec.training.runlock import RunDirLocked, RunLock  # noqa: E402
 from dlf_torchrec.training.stack import build_training_stack  # noqa: E402
 
@@ -120,8 +122,12 @@ def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, 
     seed_everything(cfg.training.seed)
     data_dir = prepare_data(cfg, ctx)
     meta = DatasetMeta.load(data_dir)
-    stack = build_training_stack(cfg, ctx, meta.feature_spec)
     tr = cfg.training
+    resuming = tr.resume and bool(periodic_checkpoints(os.path.join(tr.output_dir, "checkpoints")))
+    error = _on_rank0(ctx, lambda: check_or_record(cfg, meta, resuming))
+    if error is not None:
+        raise ResumeMismatch(error[1]) if error[0] == ResumeMismatch.__name__ else RuntimeError(": ".join(error))
+    stack = build_training_stack(cfg, ctx, meta.feature_spec)
     if ctx.is_main:
         os.makedirs(tr.output_dir, exist_ok=True)
         io.write_yaml(os.path.join(tr.output_dir, "config.yaml"), cfg.to_dict())

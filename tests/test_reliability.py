@@ -226,6 +226,36 @@ def test_rerun_of_finished_run_trains_nothing_and_keeps_results(data_dir: str, t
     assert [e["event"] for e in _events(run)[events:]] == ["resume"]
 
 
+def test_resume_under_another_config_is_refused_naming_the_keys(data_dir: str, tmp_path: Path) -> None:
+    """A checkpointed run continued with a changed model or optimiser key exits 2 with one line naming the key (it
+    used to load the checkpoint into whatever the new config built); keys a resume may change (epochs, sharding)
+    pass; ``training.force_resume=true`` continues anyway."""
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "dlf_torchrec.train", *_args(data_dir, run, "training.epochs=1",
+                                                                    "training.evaluate_test=false")]
+    first = subprocess.run(train, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = run / "results.json"
+    before, events = results.read_bytes(), len(_events(run))
+    changed = subprocess.run([*train, "model.dropout=0.5", "optimizer.dense.lr=0.01"], cwd=REPO, env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    lines = [line for line in changed.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in changed.stderr
+    assert lines[-1].startswith(f"config error: {run} holds a run with another config or data ("), lines
+    assert "model.dropout 0.2 -> 0.5" in lines[-1] and "optimizer.dense.lr 0.001 -> 0.01" in lines[-1]
+    assert "training.force_resume=true" in lines[-1]
+    assert results.read_bytes() == before and len(_events(run)) == events  # nothing loaded, trained or written
+    allowed = subprocess.run([*train, "sharding.type=row_wise", "training.progress=true"], cwd=REPO, env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0 and "nothing to train" in allowed.stdout, allowed.stderr[-3000:]
+    forced = subprocess.run([*train, "model.dropout=0.5", "training.force_resume=true"], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0 and "nothing to train" in forced.stdout, forced.stderr[-3000:]
+    recorded = json.loads((run / "run_fingerprint.json").read_text())
+    assert recorded["model.dropout"] == 0.5 and recorded["data.train.rows"] > 0  # the forced run is the run now
+
+
 def test_second_run_into_a_locked_output_dir_fails_in_one_line(data_dir: str, tmp_path: Path) -> None:
     """While a run holds ``<output_dir>/run.lock`` (here: this test process), a second training into the same
     directory exits 1 with one line naming the holder, before writing anything there."""
