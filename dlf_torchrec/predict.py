@@ -109,9 +109,11 @@ def score_stream(run: Run, model: nn.Module, lines: Iterator[bytes], out: IO[str
     from tqdm import tqdm
 
     schema = base_schema(run, opts.fmt, opts.csv_schema)
-    head, first_line = skip_header(schema, list(itertools.islice(lines, HEAD_LINES)))
+    raw_head = list(itertools.islice(lines, HEAD_LINES))
+    head, first_line = skip_header(schema, raw_head)
+    header = raw_head[0] if first_line == 2 else None
     try:
-        schema = input_schema(schema, first_data_line(schema, head), opts.label)
+        schema = input_schema(schema, first_data_line(schema, head), opts.label, header)
     except RawInputError as e:
         raise PredictError(f"{name}: {e}") from None
     encoder = Encoder.for_dataset(schema, run.cfg.dataset.numeric, run.meta, run.vocab)

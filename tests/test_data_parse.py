@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dlf_torchrec.data import parse as P
+from dlf_torchrec.data import rawinput
 from dlf_torchrec.data.formats import schema_for
 from dlf_torchrec.data.formats.avazu import avazu_schema
 from dlf_torchrec.data.formats.criteo import criteo_schema
@@ -138,6 +139,24 @@ def test_csv_schema_rows_and_validation(tmp_path: Path) -> None:
             csv_schema(s)
     with pytest.raises(SchemaError, match="not found"):
         csv_schema(str(tmp_path / "missing.yaml"))
+
+
+def test_scoring_input_header_is_matched_by_name() -> None:
+    """At predict time a header reorders the columns, with or without the label column; a mismatch is named."""
+    schema = csv_schema({"header": True, "label": "y", "columns": [
+        {"name": "id", "type": "skip"}, {"name": "u", "type": "categorical"}, {"name": "y", "type": "label"},
+        {"name": "p", "type": "numeric"}]})
+    labelled = rawinput.input_schema(schema, b"2.5,1,alice,7\n", "auto", b"p,y,u,id\r\n")
+    row = P.parse_line(labelled, b"2.5,1,alice,7\n")
+    assert (row.label, row.numeric, row.categorical) == (1.0, (2.5,), (b"alice",))
+    unlabelled = rawinput.input_schema(schema, b"2.5,alice,7\n", "auto", b"p,u,id\n")
+    assert P.parse_line(unlabelled, b"2.5,alice,7").categorical == (b"alice",)
+    assert rawinput.column_index(unlabelled, "id") == 2
+    assert rawinput.id_values([b"2.5,alice,7\n"], unlabelled, 2) == ["7"]
+    with pytest.raises(rawinput.RawInputError, match=r"missing \['u'\]; unexpected \['user'\]"):
+        rawinput.input_schema(schema, b"2.5,alice,7\n", "auto", b"p,user,id\n")
+    with pytest.raises(rawinput.RawInputError, match=r"missing \['y'\]"):
+        rawinput.input_schema(schema, b"2.5,alice,7\n", "yes", b"p,u,id\n")
     with pytest.raises(SchemaError):
         schema_for("csv")
 

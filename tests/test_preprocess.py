@@ -346,6 +346,72 @@ def test_csv_format_end_to_end(tmp_path: Path) -> None:
     assert meta.rejected_examples[0].startswith(f"{train}:22: {P.BAD_LABEL}")
 
 
+HDR_SCHEMA = {"header": True, "label": "y", "columns": [
+    {"name": "user", "type": "categorical"}, {"name": "y", "type": "label"}, {"name": "price", "type": "numeric"},
+    {"name": "qty", "type": "numeric"}, {"name": "item", "type": "categorical"}, {"name": "junk", "type": "skip"}]}
+
+
+def _csv_with_columns(path: Path, names: list[str]) -> Path:
+    """40 rows of the same data, columns written in ``names`` order under a header."""
+    rows = [{"user": f"u{i % 3}", "y": str(i % 2), "price": f"{i}.5", "qty": str(100 - i), "item": f"i{i % 4}",
+             "junk": "zz"} for i in range(40)]
+    path.write_text(",".join(names) + "\n" + "".join(",".join(r[n] for n in names) + "\n" for r in rows))
+    return path
+
+
+def _preprocessed(tmp_path: Path, train: Path, out: str, **kw) -> tuple[dict, str]:
+    cfg = cfg_for(tmp_path, train, format="csv", schema=HDR_SCHEMA, output_dir=str(tmp_path / out), **kw)
+    preprocess(cfg)
+    return read_all(cfg.output_dir), (tmp_path / out / VOCAB_FILE).read_text()
+
+
+def test_csv_header_columns_are_matched_by_name(tmp_path: Path) -> None:
+    schema_order = ["user", "y", "price", "qty", "item", "junk"]
+    permuted = ["qty", "item", "junk", "y", "price", "user"]
+    want, want_vocab = _preprocessed(tmp_path, _csv_with_columns(tmp_path / "a.csv", schema_order), "a",
+                                     numeric="dense")
+    got, got_vocab = _preprocessed(tmp_path, _csv_with_columns(tmp_path / "b.csv", permuted), "b", numeric="dense")
+    assert got_vocab == want_vocab and set(got) == set(want) == {"train", "valid", "test"}
+    for split, arrays in want.items():
+        for w, g in zip(arrays, got[split], strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert len(want["train"][0]) > 0 and want["train"][2].shape[1] == 2  # price and qty, dense
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (["user", "y", "price", "item", "junk"], r"missing \['qty'\]"),
+    (["user", "y", "price", "qty", "item", "junk", "extra"], r"unexpected \['extra'\]"),
+    (["user", "y", "price", "qty", "item", "user"], r"missing \['junk'\]; repeated \['user'\]"),
+])
+def test_csv_header_mismatch_fails_naming_the_columns(tmp_path: Path, names: list[str], message: str) -> None:
+    train = _csv_with_columns(tmp_path / "train.csv", ["user", "y", "price", "qty", "item", "junk"])
+    valid = tmp_path / "valid.csv"
+    valid.write_text(",".join(names) + "\n" + "u1,1,2.5,3,i1,zz\n")
+    with pytest.raises(DataError, match=message) as err:
+        preprocess(cfg_for(tmp_path, train, format="csv", schema=HDR_SCHEMA, valid=str(valid)))
+    text = str(err.value)
+    assert text.startswith(f"{valid}: header columns do not match the schema") and "\n" not in text
+    assert "expected (in any order) ['user', 'y', 'price', 'qty', 'item', 'junk']" in text
+    assert not (tmp_path / "out").exists()  # raised before anything was written
+
+
+def test_avazu_header_in_another_order_takes_the_row_parser(shared_data: Path, tmp_path: Path) -> None:
+    lines = (shared_data / "avazu_kaggle_head10k" / "train").read_bytes().splitlines()[:2001]
+    names = lines[0].split(b",")
+    # "id,click" first keeps the header detected, "hour" stays, C1..C21 reversed: rows the fast parser would accept
+    order = [0, 1, 2, *range(23, 2, -1)]
+    permuted = tmp_path / "permuted.csv"
+    permuted.write_bytes(b"".join(b",".join(line.split(b",")[i] for i in order) + b"\n" for line in lines))
+    assert permuted.read_bytes().split(b"\n")[0] == b",".join(names[i] for i in order)
+    (tmp_path / "plain.csv").write_bytes(b"\n".join(lines) + b"\n")
+    want = preprocess(cfg_for(tmp_path, tmp_path / "plain.csv", format="avazu", output_dir=str(tmp_path / "p")))
+    got = preprocess(cfg_for(tmp_path, permuted, format="avazu", output_dir=str(tmp_path / "q")))
+    assert got.rows_rejected == want.rows_rejected == 0 and got.categorical == want.categorical
+    for split, arrays in read_all(str(tmp_path / "p")).items():
+        for w, g in zip(arrays, read_all(str(tmp_path / "q"))[split], strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
 # ------------------------------------------------------------------------------------------ real data
 
 

@@ -165,6 +165,8 @@ def parse_line(schema: Schema, line: bytes | str) -> Row:
     parts = b.split() if libfm else b.split(schema.delimiter.encode())  # type: ignore[union-attr]
     if len(parts) != schema.n_columns:
         raise RowRejected(FIELD_COUNT, f"expected {schema.n_columns}, got {len(parts)}")
+    if schema.positions is not None:  # the file's header lists the columns in another order
+        parts = [parts[i] for i in schema.positions]
     label = 0.0
     numeric: list[float | None] = []
     tokens: dict[str, bytes] = {}
@@ -288,7 +290,8 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
     if buf and not buf.endswith(b"\n"):
         buf += b"\n"
     fmt = FORMATS.get(schema.format)
-    fast = fmt.fast if fmt is not None else None
+    # The fast parsers read columns at fixed positions: a file whose header reorders them (rare) is parsed per row.
+    fast = fmt.fast if fmt is not None and schema.positions is None else None
     if fast is None or not buf:
         lines = buf.split(b"\n")[:-1]
         ok_idx, rows, rejected = _parse_rows(schema, lines, list(range(len(lines))))

@@ -54,6 +54,7 @@ from dlf_torchrec.data.reading import (
     Rejections,
     RejectList,
     file_chunks,
+    file_schema,
     first_nonblank_line,
     header_bytes,
     report_rejections,
@@ -75,6 +76,7 @@ class _Plan:
     """Everything a chunk job needs (pickled once into each worker)."""
 
     schema: Schema
+    file_schemas: list[Schema]  # per file: ``schema`` in that file's column order (its header's)
     numeric: str  # bucketize | dense
     ratios: tuple[float, float, float] | None  # random split, or None when splits come from files
     split_seed: int
@@ -108,7 +110,7 @@ class _Features:
 def _featurize(plan: _Plan, job: FileChunk) -> _Features:
     """Read, parse and featurise a chunk; rejections carry chunk-relative line indices."""
     buf, offset = job.read()
-    pc = parse_chunk(plan.schema, buf)
+    pc = parse_chunk(plan.file_schemas[job.file_idx], buf)
     keys, dense = featurize(pc, plan.numeric)
     splits = plan.row_splits(job.file_idx, pc.line_start[pc.ok_idx] + offset)
     return _Features(pc.n_lines, pc.rejected, pc.labels, splits, [distinct(k) for k in keys], dense)
@@ -216,8 +218,9 @@ def _make_plan(cfg: DatasetConfig) -> _Plan:
         files.append((_resolve(cfg.test, "test"), 2))
     num_fields = fmt.count_fields(first_nonblank_line(files[0][0])) if fmt.count_fields else None
     schema = fmt.schema(cfg.schema, num_fields)
+    file_schemas = [file_schema(path, schema) for path, _ in files]  # header mismatches fail before any work
     ratios = check_ratios(cfg.split) if files[0][1] == -1 else None
-    return _Plan(schema, cfg.numeric, ratios, cfg.split_seed, files)  # type: ignore[arg-type]
+    return _Plan(schema, file_schemas, cfg.numeric, ratios, cfg.split_seed, files)  # type: ignore[arg-type]
 
 
 def preprocess(cfg: DatasetConfig, *, workers: int | None = None) -> DatasetMeta:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from dlf_torchrec.data.reading import DataError, header_order
 from dlf_torchrec.data.schema import Schema
 
 LabelMode = Literal["auto", "yes", "no"]
@@ -34,8 +35,19 @@ def first_data_line(schema: Schema, lines: list[bytes]) -> bytes | None:
                 next((line for line in lines if line.strip()), None))
 
 
-def input_schema(schema: Schema, first_line: bytes | None, label: LabelMode) -> Schema:
-    """``schema`` or its unlabelled variant, as ``label`` says or (auto) as the first data line's column count says."""
+def input_schema(schema: Schema, first_line: bytes | None, label: LabelMode, header: bytes | None = None) -> Schema:
+    """``schema`` or its unlabelled variant, as ``label`` says or (auto) as the first data line's column count says;
+    with a ``header`` line, in the column order the header names (:func:`~dlf_torchrec.data.reading.header_order`)."""
+    chosen = _label_variant(schema, first_line, label)
+    if header is None:
+        return chosen
+    try:
+        return header_order(chosen, header)
+    except DataError as e:
+        raise RawInputError(str(e)) from None
+
+
+def _label_variant(schema: Schema, first_line: bytes | None, label: LabelMode) -> Schema:
     if label == "yes":
         return schema
     if label == "no":
@@ -52,13 +64,14 @@ def input_schema(schema: Schema, first_line: bytes | None, label: LabelMode) -> 
 
 
 def column_index(schema: Schema, name: str | None) -> int | None:
-    """Index of raw column ``name`` in ``schema`` (None when no id column is wanted)."""
+    """File position of raw column ``name`` of ``schema`` (None when no id column is wanted)."""
     if name is None:
         return None
     names = [c.name for c in schema.columns]
     if name not in names or schema.delimiter is None:
         raise RawInputError(f"--id-column {name!r}: not a column of {schema.format} (columns: {', '.join(names)})")
-    return names.index(name)
+    index = names.index(name)
+    return index if schema.positions is None else schema.positions[index]
 
 
 def id_values(lines: list[bytes], schema: Schema, column: int) -> list[str]:

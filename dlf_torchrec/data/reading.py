@@ -8,7 +8,9 @@ gzip input is cut here into blocks of exactly ``chunk_rows`` lines. Scoring read
 
 from __future__ import annotations
 
+import codecs
 import collections
+import dataclasses
 import gzip
 import itertools
 import os
@@ -84,13 +86,52 @@ def open_input(path: str) -> IO[bytes]:
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
 
 
-def header_bytes(path: str, schema: Schema) -> int:
-    """Length of the header line of file ``path`` to skip (0 if none)."""
+def header_line(path: str, schema: Schema) -> bytes:
+    """The header line of file ``path`` (with its terminator), or ``b""`` if it has none."""
     if not schema.header:
-        return 0
+        return b""
     with open_input(path) as f:
         first = f.readline()
-    return len(first) if first and schema.is_header(first) else 0
+    return first if first and schema.is_header(first) else b""
+
+
+def header_bytes(path: str, schema: Schema) -> int:
+    """Length of the header line of file ``path`` to skip (0 if none)."""
+    return len(header_line(path, schema))
+
+
+def header_order(schema: Schema, line: bytes) -> Schema:
+    """``schema`` reading each column from where header ``line`` names it (matched by name, in any order).
+
+    Raises :class:`DataError` (one line, without the file name) when a schema column is missing from the header,
+    or the header names a column the schema does not have, or names one twice.
+    """
+    delim = schema.delimiter.encode() if schema.delimiter else None
+    fields = line.removeprefix(codecs.BOM_UTF8).rstrip(b"\r\n").split(delim)
+    names = [f.decode("utf-8", "replace").strip() for f in fields]
+    expected = [c.name for c in schema.columns]
+    counts = collections.Counter(names)
+    problems = [f"{what} {bad}" for what, bad in (
+        ("missing", [n for n in expected if n not in counts]),
+        ("unexpected", [n for n in counts if n not in expected]),
+        ("repeated", [n for n, k in counts.items() if k > 1 and n in expected])) if bad]
+    if problems:
+        raise DataError(f"header columns do not match the schema: {'; '.join(problems)}; "
+                        f"expected (in any order) {expected}")
+    order = tuple(names.index(n) for n in expected)
+    return dataclasses.replace(schema, positions=None if order == tuple(range(len(order))) else order)
+
+
+def file_schema(path: str, schema: Schema) -> Schema:
+    """``schema`` as file ``path`` lays it out: columns in its header's order when it has a header line
+    (:func:`header_order`); a mismatched header is a :class:`DataError` naming the file."""
+    line = header_line(path, schema)
+    if not line:
+        return schema
+    try:
+        return header_order(schema, line)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
 
 
 def first_nonblank_line(path: str) -> bytes:

@@ -37,6 +37,8 @@ class Schema:
     ``delimiter`` None means "any whitespace" (libFM). ``header``: True = first line of each file is a header,
     "auto" = skipped when it starts with ``header_prefix``. Output fields: ``numeric_fields`` (numeric/int
     columns, file order) and ``categorical_fields`` (in output order; may include derived hour fields).
+    ``positions``: for a file whose header lists the columns in another order, the file position of each column
+    (None = file order is ``columns`` order; set by :func:`dlf_torchrec.data.reading.header_order`).
     """
 
     format: str
@@ -45,6 +47,7 @@ class Schema:
     delimiter: str | None = "\t"
     header: bool | Literal["auto"] = False
     header_prefix: bytes = b""
+    positions: tuple[int, ...] | None = None
 
     @property
     def n_columns(self) -> int:
@@ -75,4 +78,5 @@ class Schema:
         prefix = self.header_prefix
         if prefix and self.delimiter:  # e.g. Avazu "id,click" -> "id,hour"
             prefix = self.delimiter.join(c.name for c in columns[:2]).encode()
-        return dataclasses.replace(self, columns=columns, format=f"{self.format}_unlabelled", header_prefix=prefix)
+        return dataclasses.replace(self, columns=columns, format=f"{self.format}_unlabelled", header_prefix=prefix,
+                                   positions=None)
