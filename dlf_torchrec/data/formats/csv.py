@@ -1,7 +1,7 @@
 """``csv``: any delimited file, described by a YAML mapping (``DatasetConfig.schema``)::
 
       delimiter: ","        # one character, default ","
-      header: true          # the first line of every file is a header and is skipped; default false
+      header: true          # the first line of every file is a header, matched to columns by name; default false
       label: click          # name of the label column (values 0/1)
       columns:              # every column in file order
         - {name: click, type: label}
