@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlf_torchrec import export, predict
+from dlf_torchrec import export, oov, predict
 from dlf_torchrec import run as runs
 from dlf_torchrec.data import rawinput
 from dlf_torchrec.data.formats.avazu import avazu_schema
@@ -205,3 +205,19 @@ def test_label_detection_and_avazu_id_column() -> None:
     libfm = rawinput.input_schema(libfm_schema(3), b"a:1 b:1 c:1\n", "auto")
     assert parse_chunk(libfm, b"a:1 b:1 c:1\n").ok_idx.tolist() == [0]
     assert predict.format_rows(np.array([0.25, math.nan]), ["a", "b"]) == "a,0.25\nb,nan\n"
+
+
+def test_oov_excess_over_the_reference_split() -> None:
+    """A field as often OOV as in the reference split is not flagged however high its rate; without a reference
+    split the rate itself is compared with the threshold."""
+    sparse = np.array([[9, 1, 4], [9, 9, 4], [9, 2, 1], [3, 2, 4]])  # OOV ids 9, 9, 4: rates 0.75, 0.25, 0.75
+    ref = oov.Reference("valid", 100, np.array([0.7, 0.0, 0.0]))
+    with_ref, without = oov.OovCounter(["a", "b", "c"], np.array([9, 9, 4]), ref), \
+        oov.OovCounter(["a", "b", "c"], np.array([9, 9, 4]), None)
+    for counter in (with_ref, without):
+        counter.add(sparse[:3])
+        counter.add(sparse[3:])
+    np.testing.assert_allclose(with_ref.excess(), [0.05 / 0.3, 0.25, 0.75])
+    assert with_ref.flagged(0.5) == ["c"] and without.flagged(0.5) == ["a", "c"]
+    assert with_ref.summary().endswith("75.0% (valid 0.0%), b 25.0% (valid 0.0%), a 75.0% (valid 70.0%)")
+    assert with_ref.warning(0.9) is None and "c: out of vocabulary far more often" in str(with_ref.warning(0.5))
