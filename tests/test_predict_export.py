@@ -207,6 +207,52 @@ def test_label_detection_and_avazu_id_column() -> None:
     assert predict.format_rows(np.array([0.25, math.nan]), ["a", "b"]) == "a,0.25\nb,nan\n"
 
 
+def unseen_tokens_file(criteo: Path, run: runs.Run, tmp_path: Path) -> Path:
+    """sample.train with every categorical token (C1..C26, empty ones too) replaced by one unseen per field."""
+    cats = [f"C{i}" for i in range(1, 27)]
+    unseen = [f"fff{j:05x}" for j in range(len(cats))]
+    assert not any(tok in run.vocab[c] for c, tok in zip(cats, unseen, strict=True))
+    rows = [line.split(b"\t")[:14] + [t.encode() for t in unseen]
+            for line in (criteo / "sample.train").read_bytes().splitlines()]
+    path = tmp_path / "unseen.txt"
+    path.write_bytes(b"".join(b"\t".join(r) + b"\n" for r in rows))
+    return path
+
+
+def predict_oov(run_dir: Path, path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, dict]:
+    """(stderr, --oov-report JSON) of predict on ``path``."""
+    report = tmp_path / f"{path.stem}.oov.json"
+    assert predict.main(["--run", str(run_dir), "--input", str(path), "--output", str(tmp_path / "out.txt"),
+                         "--no-progress", "--oov-report", str(report)]) == 0
+    return capsys.readouterr().err, json.loads(report.read_text())
+
+
+@pytest.mark.slow
+def test_training_file_has_the_training_oov_rate_and_no_warning(run_dir: Path, criteo: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Rare and missing tokens are OOV in training too (min_count 10: ~38% of values): no warning for the file
+    the run was trained on; its rates match the valid split's."""
+    err, report = predict_oov(run_dir, criteo / "sample.train", tmp_path, capsys)
+    assert "predict: out-of-vocabulary values (unseen, rare in training or missing): " in err
+    assert "predict: warning:" not in err
+    assert report["rows"] == 10_000 and report["warned"] == [] and report["reference"]["split"] == "valid"
+    assert report["rate"] == pytest.approx(report["reference"]["rate"], abs=0.02)
+    assert max(f["excess"] for f in report["fields"].values()) < 0.2
+
+
+@pytest.mark.slow
+def test_unseen_tokens_warn_naming_the_fields(run_dir: Path, run: runs.Run, criteo: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    err, report = predict_oov(run_dir, unseen_tokens_file(criteo, run, tmp_path), tmp_path, capsys)
+    cats = {f"C{i}" for i in range(1, 27)}
+    warning = next(line for line in err.splitlines() if line.startswith("predict: warning: "))
+    named = set(warning.removeprefix("predict: warning: ").split(": ")[0].split(", "))
+    assert named == cats and "fall back to the OOV embedding" in warning
+    assert set(report["warned"]) == cats
+    assert all(report["fields"][c]["rate"] == 1.0 and report["fields"][c]["excess"] == 1.0 for c in cats)
+    assert all(f["excess"] < 0.2 for k, f in report["fields"].items() if k not in cats)
+
+
 def test_oov_excess_over_the_reference_split() -> None:
     """A field as often OOV as in the reference split is not flagged however high its rate; without a reference
     split the rate itself is compared with the threshold."""
