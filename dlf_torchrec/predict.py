@@ -21,6 +21,14 @@ order; with ``--id-column NAME`` each line is ``<id>,<probability>`` under a hea
 Avazu's ``id``). Malformed rows: ``--bad-rows fail`` (default) stops with ``file:line: reason``;
 ``--bad-rows skip`` writes ``nan`` for that row and reports the count on stderr. Rows in = rows out, always.
 Memory is bounded by ``--batch-size`` rows; progress (tqdm) goes to stderr.
+
+Unknown tokens: at the end a line ``predict: out-of-vocabulary values (...): 3.1% of values overall (valid split:
+2.9%); highest: C3 41.2% (valid 12.0%), ...`` gives the share of values that map to their field's OOV id (unseen
+in training, rare, or missing: the ids do not tell them apart) next to the same share on the run's validation
+split. A field whose OOV share exceeds the validation split's by more than ``--oov-warn FRACTION`` (default 0.5)
+of what is left, ``(rate - valid) / (1 - valid)``, is named in a ``predict: warning:`` line: its rows score with
+the OOV embedding, and the input may not match the training data (see :mod:`dlf_torchrec.oov`).
+``--oov-report PATH`` writes the per-field counts and rates as JSON.
 """
 
 
@@ -52,6 +60,7 @@ from dlf_torchrec.data.rawinput import (
 )
 from dlf_torchrec.data.reading import BadRowError, Rejections, line_chunks, open_input, report_rejections
 from dlf_torchrec.data.schema import Schema
+from dlf_torchrec.oov import OovCounter
 from dlf_torchrec.run import Run, RunError, load_model, load_run, to_kjt
 
 # Lines looked at to decide --label auto (the first with a labelled or unlabelled column count decides).
@@ -101,6 +110,8 @@ class PredictOptions:
     id_column: str | None = None
     csv_schema: str | None = None
     progress: bool = True
+    oov_warn: float = 0.5
+    oov_report: str | None = None
 
 
 def score_stream(run: Run, model: nn.Module, lines: Iterator[bytes], out: IO[str], name: str,
@@ -121,11 +132,13 @@ def score_stream(run: Run, model: nn.Module, lines: Iterator[bytes], out: IO[str
     if id_col is not None:
         out.write(f"{opts.id_column},probability\n")
     bad = Rejections(opts.bad_rows)
+    oov = OovCounter.for_run(run)
     rows = 0
     with tqdm(desc="predict", unit=" rows", unit_scale=True, disable=not opts.progress, file=sys.stderr) as bar:
         for chunk in line_chunks(itertools.chain(head, lines), opts.batch_size, first_line):
             ok_idx, sparse, dense, rejected = encoder.encode(chunk.lines)
             bad.add(name, chunk.first_line, rejected)
+            oov.add(sparse)
             probs = np.full(len(chunk.lines), np.nan, dtype=np.float64)
             probs[ok_idx] = predict_proba(model, run.keys, dense, sparse)
             ids = id_values(chunk.lines, schema, id_col) if id_col is not None else None
@@ -135,6 +148,7 @@ def score_stream(run: Run, model: nn.Module, lines: Iterator[bytes], out: IO[str
     if bad.total:
         print(f"[predict] {bad.total:,} malformed row(s) scored as nan", file=sys.stderr)
         report_rejections("[predict]", bad.by_reason, bad.examples)
+    oov.finish(opts.oov_warn, opts.oov_report)
     return rows, bad.total
 
 
@@ -171,6 +185,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--bad-rows", choices=("fail", "skip"), default="fail",
                     help="malformed rows: fail with file:line, or write nan and count them")
     ap.add_argument("--id-column", default=None, help="raw column to pass through (e.g. id for Avazu)")
+    ap.add_argument("--oov-warn", type=float, default=0.5, metavar="FRACTION",
+                    help="warn about fields whose out-of-vocabulary share exceeds the validation split's by more "
+                         "than FRACTION of the rest (default 0.5)")
+    ap.add_argument("--oov-report", default=None, metavar="PATH", help="write per-field OOV rates as JSON")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return ap.parse_args(argv)
 
@@ -180,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("predict: --batch-size must be >= 1", file=sys.stderr)
         return 2
+    if not 0 <= args.oov_warn <= 1:
+        print("predict: --oov-warn must be a fraction in [0, 1]", file=sys.stderr)
+        return 2
     opts = PredictOptions(args.format, args.label, args.batch_size, args.bad_rows, args.id_column, args.schema,
-                          not args.no_progress)
+                          not args.no_progress, args.oov_warn, args.oov_report)
     try:
         rows, bad = predict_file(args.run, args.input, args.output, opts, args.checkpoint, args.data_dir)
     except (PredictError, RunError, RawInputError, VocabMismatch, BadRowError, FileNotFoundError) as e:

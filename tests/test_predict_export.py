@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlf_torchrec import export, predict
+from dlf_torchrec import export, oov, predict
 from dlf_torchrec import run as runs
 from dlf_torchrec.data import rawinput
 from dlf_torchrec.data.formats.avazu import avazu_schema
@@ -205,3 +205,65 @@ def test_label_detection_and_avazu_id_column() -> None:
     libfm = rawinput.input_schema(libfm_schema(3), b"a:1 b:1 c:1\n", "auto")
     assert parse_chunk(libfm, b"a:1 b:1 c:1\n").ok_idx.tolist() == [0]
     assert predict.format_rows(np.array([0.25, math.nan]), ["a", "b"]) == "a,0.25\nb,nan\n"
+
+
+def unseen_tokens_file(criteo: Path, run: runs.Run, tmp_path: Path) -> Path:
+    """sample.train with every categorical token (C1..C26, empty ones too) replaced by one unseen per field."""
+    cats = [f"C{i}" for i in range(1, 27)]
+    unseen = [f"fff{j:05x}" for j in range(len(cats))]
+    assert not any(tok in run.vocab[c] for c, tok in zip(cats, unseen, strict=True))
+    rows = [line.split(b"\t")[:14] + [t.encode() for t in unseen]
+            for line in (criteo / "sample.train").read_bytes().splitlines()]
+    path = tmp_path / "unseen.txt"
+    path.write_bytes(b"".join(b"\t".join(r) + b"\n" for r in rows))
+    return path
+
+
+def predict_oov(run_dir: Path, path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, dict]:
+    """(stderr, --oov-report JSON) of predict on ``path``."""
+    report = tmp_path / f"{path.stem}.oov.json"
+    assert predict.main(["--run", str(run_dir), "--input", str(path), "--output", str(tmp_path / "out.txt"),
+                         "--no-progress", "--oov-report", str(report)]) == 0
+    return capsys.readouterr().err, json.loads(report.read_text())
+
+
+@pytest.mark.slow
+def test_training_file_has_the_training_oov_rate_and_no_warning(run_dir: Path, criteo: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Rare and missing tokens are OOV in training too (min_count 10: ~38% of values): no warning for the file
+    the run was trained on; its rates match the valid split's."""
+    err, report = predict_oov(run_dir, criteo / "sample.train", tmp_path, capsys)
+    assert "predict: out-of-vocabulary values (unseen, rare in training or missing): " in err
+    assert "predict: warning:" not in err
+    assert report["rows"] == 10_000 and report["warned"] == [] and report["reference"]["split"] == "valid"
+    assert report["rate"] == pytest.approx(report["reference"]["rate"], abs=0.02)
+    assert max(f["excess"] for f in report["fields"].values()) < 0.2
+
+
+@pytest.mark.slow
+def test_unseen_tokens_warn_naming_the_fields(run_dir: Path, run: runs.Run, criteo: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    err, report = predict_oov(run_dir, unseen_tokens_file(criteo, run, tmp_path), tmp_path, capsys)
+    cats = {f"C{i}" for i in range(1, 27)}
+    warning = next(line for line in err.splitlines() if line.startswith("predict: warning: "))
+    named = set(warning.removeprefix("predict: warning: ").split(": ")[0].split(", "))
+    assert named == cats and "fall back to the OOV embedding" in warning
+    assert set(report["warned"]) == cats
+    assert all(report["fields"][c]["rate"] == 1.0 and report["fields"][c]["excess"] == 1.0 for c in cats)
+    assert all(f["excess"] < 0.2 for k, f in report["fields"].items() if k not in cats)
+
+
+def test_oov_excess_over_the_reference_split() -> None:
+    """A field as often OOV as in the reference split is not flagged however high its rate; without a reference
+    split the rate itself is compared with the threshold."""
+    sparse = np.array([[9, 1, 4], [9, 9, 4], [9, 2, 1], [3, 2, 4]])  # OOV ids 9, 9, 4: rates 0.75, 0.25, 0.75
+    ref = oov.Reference("valid", 100, np.array([0.7, 0.0, 0.0]))
+    with_ref, without = oov.OovCounter(["a", "b", "c"], np.array([9, 9, 4]), ref), \
+        oov.OovCounter(["a", "b", "c"], np.array([9, 9, 4]), None)
+    for counter in (with_ref, without):
+        counter.add(sparse[:3])
+        counter.add(sparse[3:])
+    np.testing.assert_allclose(with_ref.excess(), [0.05 / 0.3, 0.25, 0.75])
+    assert with_ref.flagged(0.5) == ["c"] and without.flagged(0.5) == ["a", "c"]
+    assert with_ref.summary().endswith("75.0% (valid 0.0%), b 25.0% (valid 0.0%), a 75.0% (valid 70.0%)")
+    assert with_ref.warning(0.9) is None and "c: out of vocabulary far more often" in str(with_ref.warning(0.5))
