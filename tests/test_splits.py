@@ -3,15 +3,17 @@ row, identical rows share a split, and data preprocessed under the old (byte off
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dlf_torchrec.config import DatasetConfig
-from dlf_torchrec.data.meta import DatasetMeta
+from dlf_torchrec.data.meta import META_FILE, DatasetMeta
 from dlf_torchrec.data.preprocess import ensure_preprocessed
 from dlf_torchrec.data.shards import open_split
-from dlf_torchrec.data.splits import content_ends, line_hashes, random_splits
+from dlf_torchrec.data.splits import SPLIT_RULE, content_ends, line_hashes, random_splits
 
 RATIOS = (0.8, 0.1, 0.1)
 
@@ -103,3 +105,22 @@ def test_content_ends_drop_the_terminator() -> None:
     assert content_ends(buf, np.array([0, 4, 7, 8, 10])).tolist() == [2, 6, 7, 8, 12]
     same = splits_of([b"x\ty", b"x\ty"], sep=b"\r\n").tolist() + splits_of([b"x\ty"]).tolist()
     assert len(set(same)) == 1
+
+
+def test_data_split_by_the_old_rule_is_preprocessed_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.tsv").write_text("".join(row(i) + "\n" for i in range(100)))
+    cfg = cfg_for(tmp_path, tmp_path / "a.tsv", "out")
+    meta_path = tmp_path / "out" / META_FILE
+    assert DatasetMeta.load(ensure_preprocessed(cfg)).split_rule == SPLIT_RULE
+    raw = json.loads(meta_path.read_text())
+    del raw["split_rule"]  # as written before the content rule
+    meta_path.write_text(json.dumps(raw))
+    capsys.readouterr()
+    assert DatasetMeta.load(ensure_preprocessed(cfg)).split_rule == SPLIT_RULE
+    assert f"random split rule was 'line byte offset', now '{SPLIT_RULE}'" in capsys.readouterr().err
+    # Splits from files do not depend on the rule: such data is neither recorded with one nor rebuilt.
+    files = cfg_for(tmp_path, tmp_path / "a.tsv", "files", valid=str(tmp_path / "a.tsv"))
+    assert DatasetMeta.load(ensure_preprocessed(files)).split_rule is None
+    stamp = (tmp_path / "files" / META_FILE).stat().st_mtime_ns
+    ensure_preprocessed(files)
+    assert (tmp_path / "files" / META_FILE).stat().st_mtime_ns == stamp

@@ -61,7 +61,7 @@ from dlf_torchrec.data.reading import (
 )
 from dlf_torchrec.data.schema import Schema
 from dlf_torchrec.data.shards import ShardWriter
-from dlf_torchrec.data.splits import SPLITS, check_ratios, content_ends, random_splits
+from dlf_torchrec.data.splits import SPLIT_RULE, SPLITS, check_ratios, content_ends, random_splits
 from dlf_torchrec.data.vocab import KeyCounter, chunk_counts
 
 # Inputs smaller than this are processed in-process (a worker pool costs more than it saves).
@@ -360,6 +360,7 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         rejected_examples=rejections.examples,
         dataset_config=dataclasses.asdict(cfg),
         inputs=inputs,
+        split_rule=SPLIT_RULE if plan.ratios else None,
     )
     meta.save(out)
     elapsed = time.perf_counter() - t0
