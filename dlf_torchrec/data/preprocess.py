@@ -14,10 +14,11 @@ Pipeline (memory bounded by ``chunk_rows``, not by input size; the vocabularies 
    ``meta.json`` are written last (``meta.json`` is deleted first, so an interrupted run never looks complete).
 
 Splits: ``valid``/``test`` files when given (then no random split), else each line of ``train`` goes to
-train/valid/test with probabilities ``split`` (:mod:`~dlf_torchrec.data.splits`: deterministic, streaming, and
-independent of chunking, worker count and compression). Bad rows: ``skip`` counts them by reason and keeps the
-first 10 as ``file:line: reason``; ``fail`` raises :class:`~dlf_torchrec.data.reading.BadRowError`. Inputs ending
-in ``.gz`` are read through gzip (:mod:`~dlf_torchrec.data.reading`).
+train/valid/test with probabilities ``split`` by a seeded hash of the line's content (:mod:`~dlf_torchrec.data.
+splits`: deterministic, streaming, independent of the line's position, chunking, worker count and compression).
+Bad rows: ``skip`` counts them by reason and keeps the first 10 as ``file:line: reason``; ``fail`` raises
+:class:`~dlf_torchrec.data.reading.BadRowError`. Inputs ending in ``.gz`` are read through gzip
+(:mod:`~dlf_torchrec.data.reading`).
 
 Parallelism: plain files are cut into byte ranges of about ``chunk_rows`` lines that worker processes (one per
 core, for inputs over 32 MiB) read, parse and featurise themselves; pass 1 caches each featurised chunk under
