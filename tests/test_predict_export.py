@@ -72,9 +72,11 @@ def read_probs(path: Path) -> np.ndarray:
 def split_of_lines(path: Path, seed: int, ratios: list[float]) -> np.ndarray:
     """Split index (0 train, 1 valid, 2 test) of every line of a randomly split single-file dataset."""
     data = path.read_bytes()
-    lengths = np.array([len(line) for line in data.splitlines(keepends=True)], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return np.minimum(np.searchsorted(np.cumsum(ratios), line_uniform(seed, 0, offsets), side="right"), 2)
+    lines = data.removesuffix(b"\n").split(b"\n")
+    starts = np.concatenate([[0], np.cumsum([len(line) + 1 for line in lines])[:-1]]).astype(np.int64)
+    ends = starts + np.array([len(line.removesuffix(b"\r")) for line in lines], dtype=np.int64)
+    u = line_uniform(seed, data, starts, ends)
+    return np.minimum(np.searchsorted(np.cumsum(ratios), u, side="right"), 2)
 
 
 def shard_probs(run: runs.Run, model: torch.nn.Module, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

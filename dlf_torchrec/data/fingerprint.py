@@ -10,6 +10,7 @@ from typing import Any
 
 from dlf_torchrec.config import DatasetConfig
 from dlf_torchrec.data.meta import DatasetMeta
+from dlf_torchrec.data.splits import SPLIT_RULE
 
 INPUT_KEYS = ("train", "valid", "test")
 # Keys that do not change the preprocessed data (inputs are compared by fingerprint, not by how the path is spelled).
@@ -38,8 +39,8 @@ def input_fingerprints(cfg: DatasetConfig, resolve: Any) -> dict[str, dict[str, 
 def stale_reasons(cfg: DatasetConfig, resolve: Any) -> list[str]:
     """Why ``cfg.output_dir`` does not hold ``cfg``'s preprocessed data (empty: it does).
 
-    Compared: the dataset section (minus keys that do not change the data) and, except for generated synthetic
-    data, each raw input's fingerprint."""
+    Compared: the dataset section (minus keys that do not change the data), the random split rule (when the split
+    is random) and, except for generated synthetic data, each raw input's fingerprint."""
     try:
         meta = DatasetMeta.load(cfg.output_dir)
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -48,6 +49,9 @@ def stale_reasons(cfg: DatasetConfig, resolve: Any) -> list[str]:
     new = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNCHECKED_KEYS}
     reasons = [f"dataset.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
                if old.get(k) != new.get(k)]
+    random_split = not (cfg.valid or cfg.test)
+    if random_split and meta.split_rule != SPLIT_RULE:
+        reasons.append(f"random split rule was {meta.split_rule or 'line byte offset'!r}, now {SPLIT_RULE!r}")
     if cfg.format != "synthetic":  # synthetic raw data is a function of the config, generated into output_dir
         recorded = meta.inputs
         for key, current in input_fingerprints(cfg, resolve).items():

@@ -70,6 +70,9 @@ class DatasetMeta:
     dataset_config: dict[str, Any] = field(default_factory=dict)
     # Fingerprint of each raw input ({"train": {path, size, mtime_ns, sha256 of its first and last MiB}, ...}).
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How rows were assigned to a random split (data/splits.py SPLIT_RULE); None: splits came from files, or the
+    # data predates the record (line byte offsets).
+    split_rule: str | None = None
     format_version: int = FORMAT_VERSION
 
     @property

@@ -14,10 +14,11 @@ Pipeline (memory bounded by ``chunk_rows``, not by input size; the vocabularies 
    ``meta.json`` are written last (``meta.json`` is deleted first, so an interrupted run never looks complete).
 
 Splits: ``valid``/``test`` files when given (then no random split), else each line of ``train`` goes to
-train/valid/test with probabilities ``split`` (:mod:`~dlf_torchrec.data.splits`: deterministic, streaming, and
-independent of chunking, worker count and compression). Bad rows: ``skip`` counts them by reason and keeps the
-first 10 as ``file:line: reason``; ``fail`` raises :class:`~dlf_torchrec.data.reading.BadRowError`. Inputs ending
-in ``.gz`` are read through gzip (:mod:`~dlf_torchrec.data.reading`).
+train/valid/test with probabilities ``split`` by a seeded hash of the line's content (:mod:`~dlf_torchrec.data.
+splits`: deterministic, streaming, independent of the line's position, chunking, worker count and compression).
+Bad rows: ``skip`` counts them by reason and keeps the first 10 as ``file:line: reason``; ``fail`` raises
+:class:`~dlf_torchrec.data.reading.BadRowError`. Inputs ending in ``.gz`` are read through gzip
+(:mod:`~dlf_torchrec.data.reading`).
 
 Parallelism: plain files are cut into byte ranges of about ``chunk_rows`` lines that worker processes (one per
 core, for inputs over 32 MiB) read, parse and featurise themselves; pass 1 caches each featurised chunk under
@@ -61,7 +62,7 @@ from dlf_torchrec.data.reading import (
 )
 from dlf_torchrec.data.schema import Schema
 from dlf_torchrec.data.shards import ShardWriter
-from dlf_torchrec.data.splits import SPLITS, check_ratios, random_splits
+from dlf_torchrec.data.splits import SPLIT_RULE, SPLITS, check_ratios, content_ends, random_splits
 from dlf_torchrec.data.vocab import KeyCounter, chunk_counts
 
 # Inputs smaller than this are processed in-process (a worker pool costs more than it saves).
@@ -82,13 +83,15 @@ class _Plan:
     split_seed: int
     files: list[tuple[str, int]]  # (path, split index for file splits; -1 = random)
 
-    def row_splits(self, file_idx: int, offsets: np.ndarray) -> np.ndarray:
-        """Split index (0 train, 1 valid, 2 test) int8 [m] of the rows at byte ``offsets`` [m] of file ``file_idx``."""
+    def row_splits(self, file_idx: int, buf: bytes, line_start: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Split index (0 train, 1 valid, 2 test) int8 [m] of the lines ``rows`` [m] of a chunk ``buf`` of file
+        ``file_idx`` whose lines start at ``line_start`` [n_lines] (random splits hash each line's content)."""
         fixed = self.files[file_idx][1]
         if fixed >= 0:
-            return np.full(len(offsets), fixed, dtype=np.int8)
+            return np.full(len(rows), fixed, dtype=np.int8)
         assert self.ratios is not None
-        return random_splits(self.ratios, self.split_seed, file_idx, offsets).astype(np.int8)
+        ends = content_ends(buf, line_start)
+        return random_splits(self.ratios, self.split_seed, buf, line_start[rows], ends[rows]).astype(np.int8)
 
 
 # ------------------------------------------------------------------------------------ chunk jobs
@@ -109,10 +112,10 @@ class _Features:
 
 def _featurize(plan: _Plan, job: FileChunk) -> _Features:
     """Read, parse and featurise a chunk; rejections carry chunk-relative line indices."""
-    buf, offset = job.read()
+    buf, _ = job.read()
     pc = parse_chunk(plan.file_schemas[job.file_idx], buf)
     keys, dense = featurize(pc, plan.numeric)
-    splits = plan.row_splits(job.file_idx, pc.line_start[pc.ok_idx] + offset)
+    splits = plan.row_splits(job.file_idx, buf, pc.line_start, pc.ok_idx)
     return _Features(pc.n_lines, pc.rejected, pc.labels, splits, [distinct(k) for k in keys], dense)
 
 
@@ -358,6 +361,7 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         rejected_examples=rejections.examples,
         dataset_config=dataclasses.asdict(cfg),
         inputs=inputs,
+        split_rule=SPLIT_RULE if plan.ratios else None,
     )
     meta.save(out)
     elapsed = time.perf_counter() - t0

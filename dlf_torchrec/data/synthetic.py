@@ -166,18 +166,18 @@ def write_split_probabilities(data_dir: str, tsv: str, ratios: list[float], spli
     preprocessed ``data_dir`` built from the generated ``tsv``.
 
     Each TSV line's split is recomputed exactly as the preprocessor assigns it (:func:`~dlf_torchrec.data.
-    splits.random_splits` of the line's byte offset, no header) and lines keep their file order inside a split,
+    splits.random_splits` of the line's content, no header) and lines keep their file order inside a split,
     so the side file's probabilities select and align by a mask. The alignment is checked: every split must have
     as many rows as lines assigned to it and the same labels as those lines (generated rows are never rejected).
     """
     from dlf_torchrec.data.meta import DatasetMeta
     from dlf_torchrec.data.shards import open_split
-    from dlf_torchrec.data.splits import SPLITS, check_ratios, random_splits
+    from dlf_torchrec.data.splits import SPLITS, check_ratios, content_ends, random_splits
 
     buf = np.fromfile(tsv, dtype=np.uint8)
-    ends = np.flatnonzero(buf == ord("\n"))
-    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
-    split = random_splits(check_ratios(ratios), split_seed, 0, starts)
+    newlines = np.flatnonzero(buf == ord("\n"))
+    starts = np.concatenate([[0], newlines[:-1] + 1]).astype(np.int64)
+    split = random_splits(check_ratios(ratios), split_seed, buf, starts, content_ends(buf, starts))
     labels = (buf[starts] - ord("0")).astype(np.float32)
     probs = np.load(prob_path(tsv))
     if len(probs) != len(starts):
