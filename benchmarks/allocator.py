@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import quality  # noqa: E402
 
+from dlf_torchrec import cli  # noqa: E402
+
 ALLOCATORS = ("default", "tuned")
 COLUMNS = (
     "label", "config", "overrides", "batch_size",
@@ -90,7 +92,8 @@ def plot(rows: list[dict[str, Any]], path: str, stamp: dict[str, str]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser("benchmarks/allocator", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="two synthetic configs, batch 512, short windows")
     p.add_argument("--batch-size", type=int, default=None, help="default 4096 (quick 512)")
     p.add_argument("--windows", type=int, default=None, help="timed windows per config (default 3; quick 1)")
@@ -106,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return cli.run("benchmarks/allocator", lambda: _benchmark(args, argv), args.debug)
+
+
+def _benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     stamp = common.make_stamp([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     jobs = QUICK_JOBS if args.quick else JOBS
     start = time.perf_counter()

@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import quality  # noqa: E402
 
+from dlf_torchrec import cli  # noqa: E402
+
 COLUMNS = ("label", "config", "overrides", "mflop_per_sample_fwd_bwd", "mflop_per_sample_fwd", "params", "status")
 
 
@@ -67,7 +69,8 @@ def suite_jobs(suites: list[str]) -> list[tuple[str, str, list[str]]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser("benchmarks/flops", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", nargs="+", choices=("dlf", "tf4ctr"), default=["dlf", "tf4ctr"])
     p.add_argument("--batch", type=int, default=256, help="samples in the counted batch (per-sample figures)")
     p.add_argument("--quick", action="store_true", help="one synthetic DLF config on a small generated dataset")
@@ -77,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return cli.run("benchmarks/flops", lambda: _benchmark(args, argv), args.debug)
+
+
+def _benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     stamp = common.make_stamp([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,6 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
+from dlf_torchrec import cli  # noqa: E402
+
 DEFAULT_ROWS = (100_000, 1_000_000, 5_000_000)
 QUICK_ROWS = (20_000, 100_000)
 CONFIG = "configs/criteo/dcnv2.yaml"
@@ -186,8 +188,8 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, stamp: d
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser("benchmarks/preprocess", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"smoke run (< 1 min): rows {' '.join(map(str, QUICK_ROWS))}")
     p.add_argument("--rows", nargs="+", type=int, default=None,
                    help=f"input sizes (default {' '.join(map(str, DEFAULT_ROWS))})")
@@ -204,6 +206,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return cli.run("benchmarks/preprocess", lambda: _benchmark(args, argv), args.debug)
+
+
+def _benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     stamp = common.make_stamp([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     results: list[dict[str, Any]] = []
     work_dir = tempfile.mkdtemp(prefix="dlf_preprocess_bench_out_")

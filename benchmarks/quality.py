@@ -54,6 +54,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
+from dlf_torchrec import cli  # noqa: E402
+
 SUITES = ("models", "dlf", "tf4ctr")
 DEFAULT_SEEDS = {"models": [2019, 2020, 2021], "dlf": [2019], "tf4ctr": [2019]}
 THROUGHPUT_SUITES = ("dlf", "tf4ctr")
@@ -532,8 +534,8 @@ def load_runs(path: str) -> list[RunResult]:
 
 # -------------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser("benchmarks/quality", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--suite", choices=SUITES, default="models")
     p.add_argument("--quick", action="store_true",
                    help="smoke run (< 1 min): one tiny DCNv2 on 3000 synthetic rows, 1 epoch, 1 seed")
@@ -567,6 +569,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return cli.run("benchmarks/quality", lambda: _benchmark(args, argv), args.debug)
+
+
+def _benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.throughput_worker:
         return _throughput_worker(*args.throughput_worker)
     stamp = common.make_stamp([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])

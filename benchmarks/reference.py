@@ -55,6 +55,10 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dlf_torchrec import cli  # noqa: E402 (stdlib only, as this driver must be)
+
 PINNED_FUXICTR_COMMIT = "0245987fdc1d43c36164ea496a02324885a8557a"  # reczoo/FuxiCTR main, 2026-06-05
 FUXICTR_VERSION = "2.3.10"
 VENV_PACKAGES = [["torch==2.13.0"], [f"fuxictr=={FUXICTR_VERSION}", "polars<2", "torch==2.13.0"]]
@@ -232,10 +236,10 @@ def fuxictr_commit(src: str, given: str | None) -> str:
     except (OSError, subprocess.CalledProcessError):
         found = ""
     if given and found and given != found:
-        raise SystemExit(f"--fuxictr-commit {given} but {src} is at {found}")
+        raise cli.UsageError(f"--fuxictr-commit {given} but {src} is at {found}")
     commit = given or found
     if not commit:
-        raise SystemExit(f"{src} is not a git checkout: say which commit it is with --fuxictr-commit")
+        raise cli.UsageError(f"{src} is not a git checkout: say which commit it is with --fuxictr-commit")
     if commit != PINNED_FUXICTR_COMMIT:
         print(f"WARNING: FuxiCTR source at {commit}, the pinned commit is {PINNED_FUXICTR_COMMIT}", flush=True)
     return commit
@@ -248,7 +252,7 @@ def train_runs(a: argparse.Namespace, argv: list[str]) -> None:
     src = os.path.abspath(a.fuxictr_src)
     for m in a.models:
         if not os.path.isdir(os.path.join(src, MODELS[m]["zoo_dir"], "src")):
-            raise SystemExit(f"{src}: no {MODELS[m]['zoo_dir']}/src (not a reczoo/FuxiCTR checkout?)")
+            raise cli.UsageError(f"{src}: no {MODELS[m]['zoo_dir']}/src (not a reczoo/FuxiCTR checkout?)")
     commit = fuxictr_commit(src, a.fuxictr_commit)
     py = ensure_venv(a.venv)
     versions = venv_versions(py)
@@ -418,9 +422,9 @@ def write_tables(out: str, ours: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser("benchmarks/reference", description=__doc__.split("\n\n")[0])
     p.add_argument("--fuxictr-src", help="checkout of reczoo/FuxiCTR (its model_zoo is used), outside this repo")
     p.add_argument("--fuxictr-commit", help="the checkout's commit, if it is not a git work tree")
     p.add_argument("--models", type=lambda s: s.split(","), default=["dcnv2"], help="comma list of: dcnv2, dnn")
@@ -442,20 +446,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work-dir", help=argparse.SUPPRESS)
     p.add_argument("--events", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.worker:
-        worker(a)
-        return
     for m in a.models:
         if m not in MODELS:
             p.error(f"unknown model {m!r} (choose from {', '.join(MODELS)})")
-    if a.report_only:
+    if not (a.worker or a.report_only or a.fuxictr_src):
+        p.error("--fuxictr-src is required to train (or use --report-only)")
+    # A worker's traceback goes to its log, which the driver shows when it fails.
+    return cli.run("benchmarks/reference", lambda: _reference(a, argv), a.debug or a.worker)
+
+
+def _reference(a: argparse.Namespace, argv: list[str]) -> int:
+    if a.worker:
+        worker(a)
+    elif a.report_only:
         os.makedirs(a.out, exist_ok=True)
         write_tables(a.out, a.ours)
-        return
-    if not a.fuxictr_src:
-        p.error("--fuxictr-src is required to train (or use --report-only)")
-    train_runs(a, argv)
+    else:
+        train_runs(a, argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -54,6 +54,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 
+from dlf_torchrec import cli  # noqa: E402
+
 # Criteo Kaggle (Display Advertising Challenge, 45.8M rows) distinct values of C1..C26, as listed by the DLRM
 # reference implementation for the Kaggle dataset.
 CRITEO_KAGGLE_CARDINALITIES = (
@@ -548,8 +550,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 # -------------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser("benchmarks/throughput", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="smoke run (<1 min): dnn+dcnv2, table_wise, world 1, batch 512, tables <= 1000 rows, "
                         "2 short windows; explicit flags still override")
@@ -599,6 +601,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return cli.run("benchmarks/throughput", lambda: _benchmark(args, argv), args.debug)
+
+
+def _benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     stamp = common.make_stamp([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     settings = Settings(args.max_rows_per_table, args.embedding_dim, args.num_batches, args.warmup_steps,
                         args.windows, args.window_seconds, args.zipf, args.seed, args.cpu_allocator)

@@ -35,9 +35,9 @@ import torch
 import yaml
 from torch import nn
 
-from dlf_torchrec import io
+from dlf_torchrec import cli, io
 from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE
-from dlf_torchrec.run import Run, RunError, load_model, load_run, to_kjt
+from dlf_torchrec.run import Run, load_model, load_run, to_kjt
 
 EXTRA_FILES = ("vocab.json", "meta.json", "config.yaml", "serving.json")
 SERVING_VERSION = 1
@@ -162,7 +162,7 @@ def export_run(run_dir: str, out: str, fmt: str = "export", checkpoint: str = "b
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser("export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="training run directory (holds config.yaml and checkpoints/)")
     ap.add_argument("--out", required=True, help="model file to write (e.g. model.pt2)")
     ap.add_argument("--format", choices=("export", "torchscript"), default="export")
@@ -173,11 +173,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        export_run(args.run, args.out, args.format, args.checkpoint, args.data_dir)
-    except (ExportError, RunError, FileNotFoundError) as e:
-        print(f"export: {e}", file=sys.stderr)
-        return 1
+    return cli.run("export", lambda: _export(args), args.debug, ExportError)
+
+
+def _export(args: argparse.Namespace) -> int:
+    export_run(args.run, args.out, args.format, args.checkpoint, args.data_dir)
     print(f"[export] {args.format} -> {args.out}", file=sys.stderr)
     return 0
 

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlf_torchrec import io
-from dlf_torchrec.data.features import Encoder, VocabMismatch, output_fields
+from dlf_torchrec import cli, io
+from dlf_torchrec.data.features import Encoder, output_fields
 from dlf_torchrec.data.formats import file_formats, schema_for
 from dlf_torchrec.data.rawinput import (
     LabelMode,
@@ -58,10 +58,10 @@ from dlf_torchrec.data.rawinput import (
     input_schema,
     skip_header,
 )
-from dlf_torchrec.data.reading import BadRowError, Rejections, line_chunks, open_input, report_rejections
+from dlf_torchrec.data.reading import Rejections, line_chunks, open_input, report_rejections
 from dlf_torchrec.data.schema import Schema
 from dlf_torchrec.oov import OovCounter
-from dlf_torchrec.run import Run, RunError, load_model, load_run, to_kjt
+from dlf_torchrec.run import Run, load_model, load_run, to_kjt
 
 # Lines looked at to decide --label auto (the first with a labelled or unlabelled column count decides).
 HEAD_LINES = 100
@@ -170,7 +170,7 @@ def predict_file(run_dir: str, input_path: str, output_path: str, opts: PredictO
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser("predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="training run directory (holds config.yaml and checkpoints/)")
     ap.add_argument("--input", required=True, help="raw input file (.gz ok) or - for stdin")
     ap.add_argument("--output", required=True, help="output file or - for stdout")
@@ -195,19 +195,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return cli.run("predict", lambda: _predict(args), args.debug, PredictError)
+
+
+def _predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
-        print("predict: --batch-size must be >= 1", file=sys.stderr)
-        return 2
+        raise cli.UsageError("--batch-size must be >= 1")
     if not 0 <= args.oov_warn <= 1:
-        print("predict: --oov-warn must be a fraction in [0, 1]", file=sys.stderr)
-        return 2
+        raise cli.UsageError("--oov-warn must be a fraction in [0, 1]")
     opts = PredictOptions(args.format, args.label, args.batch_size, args.bad_rows, args.id_column, args.schema,
                           not args.no_progress, args.oov_warn, args.oov_report)
-    try:
-        rows, bad = predict_file(args.run, args.input, args.output, opts, args.checkpoint, args.data_dir)
-    except (PredictError, RunError, RawInputError, VocabMismatch, BadRowError, FileNotFoundError) as e:
-        print(f"predict: {e}", file=sys.stderr)
-        return 1
+    rows, bad = predict_file(args.run, args.input, args.output, opts, args.checkpoint, args.data_dir)
     print(f"[predict] {rows:,} rows scored ({bad:,} malformed) -> {args.output}", file=sys.stderr)
     return 0
 

@@ -29,10 +29,11 @@ from collections.abc import Callable, Iterator  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
 
-from dlf_torchrec import io  # noqa: E402
+from dlf_torchrec import cli, io  # noqa: E402
 from dlf_torchrec.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from dlf_torchrec.data.meta import DatasetMeta  # noqa: E402
 from dlf_torchrec.data.preprocess import DataError, check_validation_split, ensure_preprocessed  # noqa: E402
+from dlf_torchrec.data.reading import BadRowError  # noqa: E402
 from dlf_torchrec.parallel import (  # noqa: E402
     DistContext,
     describe_plan,
@@ -42,7 +43,7 @@ from dlf_torchrec.parallel import (  # noqa: E402
 )
 from dlf_torchrec.training.allocator import configure_cpu_allocator  # noqa: E402
 from dlf_torchrec.training.checkpoint import periodic_checkpoints  # noqa: E402
-from dlf_torchrec.training.loop import NonFiniteLossError, Trainer, seed_everything  # noqa: E402
+from dlf_torchrec.training.loop import Trainer, seed_everything  # noqa: E402
 from dlf_torchrec.training.metrics import json_safe  # noqa: E402
 from dlf_torchrec.training.oracle import synthetic_report  # noqa: E402
 from dlf_torchrec.training.runfingerprint import ResumeMismatch, check_or_record  # noqa: E402
@@ -51,25 +52,36 @@ from dlf_torchrec.training.stack import build_training_stack  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser("train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="experiment YAML (default: configs/synthetic/dcnv2.yaml)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. training.epochs=3 model.dropout=0.1")
     return parser.parse_args(argv)
 
 
-def _on_rank0(ctx: DistContext, action: Callable[[], object]) -> tuple[str, str] | None:
-    """Run ``action`` on rank 0 only; every rank gets its error as (exception type name, message), or None.
+# Errors of rank 0 that the other ranks raise as the same type (any other type becomes a RuntimeError naming it).
+PASSED_ON = {e.__name__: e for e in (ConfigError, ResumeMismatch, DataError, BadRowError, RunDirLocked,
+                                     FileNotFoundError)}
 
-    The error reaches every rank, so that all of them stop instead of the others waiting in a collective."""
+
+def _on_rank0(ctx: DistContext, what: str, action: Callable[[], object]) -> None:
+    """Run ``action`` on rank 0 only; its error is raised on every rank, so that all of them stop instead of the
+    others waiting in a collective: rank 0 raises it as it is, the others a copy (type and message, see
+    :data:`PASSED_ON`)."""
     error: list[tuple[str, str] | None] = [None]
+    caught: Exception | None = None
     if ctx.is_main:
         try:
             action()
         except Exception as e:
-            error[0] = (type(e).__name__, str(e))
+            caught, error[0] = e, (type(e).__name__, str(e))
     if ctx.world_size > 1:
         dist.broadcast_object_list(error, src=0)
-    return error[0]
+    if caught is not None:
+        raise caught
+    if error[0] is not None:
+        name, message = error[0]
+        kind = PASSED_ON.get(name)
+        raise kind(message) if kind else RuntimeError(f"{what} failed on rank 0: {name}: {message}")
 
 
 def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
@@ -77,11 +89,7 @@ def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
     def prepare() -> None:
         check_validation_split(DatasetMeta.load(ensure_preprocessed(cfg.dataset)), cfg.dataset)
 
-    error = _on_rank0(ctx, prepare)
-    if error is not None and error[0] == DataError.__name__:
-        raise DataError(error[1])
-    if error is not None:
-        raise RuntimeError(f"data preparation failed on rank 0: {error[0]}: {error[1]}")
+    _on_rank0(ctx, "data preparation", prepare)
     return cfg.dataset.output_dir
 
 
@@ -89,9 +97,7 @@ def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
 def output_dir_lock(output_dir: str, ctx: DistContext) -> Iterator[None]:
     """Rank 0 holds ``output_dir``'s run lock for the block; every rank raises RunDirLocked if another run has it."""
     lock = RunLock(output_dir)
-    error = _on_rank0(ctx, lock.acquire)
-    if error is not None:
-        raise RunDirLocked(error[1]) if error[0] == RunDirLocked.__name__ else RuntimeError(": ".join(error))
+    _on_rank0(ctx, "taking the run lock", lock.acquire)
     try:
         yield
     finally:
@@ -124,9 +130,7 @@ def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, 
     meta = DatasetMeta.load(data_dir)
     tr = cfg.training
     resuming = tr.resume and bool(periodic_checkpoints(os.path.join(tr.output_dir, "checkpoints")))
-    error = _on_rank0(ctx, lambda: check_or_record(cfg, meta, resuming))
-    if error is not None:
-        raise ResumeMismatch(error[1]) if error[0] == ResumeMismatch.__name__ else RuntimeError(": ".join(error))
+    _on_rank0(ctx, "checking the run fingerprint", lambda: check_or_record(cfg, meta, resuming))
     stack = build_training_stack(cfg, ctx, meta.feature_spec)
     if ctx.is_main:
         os.makedirs(tr.output_dir, exist_ok=True)
@@ -167,26 +171,17 @@ def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Errors are one line on every rank (:mod:`dlf_torchrec.cli`): exit status 2 for a config error (also one
+    found once the data is known, e.g. table sizes against the embedding optimiser), 1 for data and run errors."""
     warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    return cli.run("train", lambda: _train(args), args.debug)
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
     try:
         run(cfg)
-    except ConfigError as e:  # checks that need the data (e.g. table sizes against the embedding optimiser)
-        shutdown_distributed()
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:  # the message names the step and where the last good checkpoint is
-        print(f"training stopped: {e}", file=sys.stderr)
-        return 1
-    except (RunDirLocked, DataError) as e:
-        shutdown_distributed()
-        print(f"train: error: {e}", file=sys.stderr)
-        return 1
     except BaseException:
         shutdown_distributed()
         raise

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from dlf_torchrec import io
+from dlf_torchrec import cli, io
 from dlf_torchrec.config import REPO_ROOT, DatasetConfig
 from dlf_torchrec.data.features import Vocab, distinct, featurize, output_fields, token_strings
 from dlf_torchrec.data.fingerprint import input_fingerprints, stale_reasons
@@ -405,28 +405,28 @@ def ensure_preprocessed(cfg: DatasetConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dlf_torchrec.config import load_config
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser("preprocess", description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=None, help="experiment YAML (default: the synthetic DCNv2 config)")
     ap.add_argument("--force", action="store_true", help="re-run even if output_dir/meta.json exists")
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: auto)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. dataset.min_count=10")
     args = ap.parse_args(argv)
+    return cli.run("preprocess", lambda: _preprocess_cli(args), args.debug)
+
+
+def _preprocess_cli(args: argparse.Namespace) -> int:
+    from dlf_torchrec.config import load_config
+
     # Only the dataset section matters here; the model section is the trainer's to validate.
     cfg = load_config(args.config, [o if "." in o.split("=")[0] else f"dataset.{o}" for o in args.overrides],
                       validate_model=False)
     ds = cfg.dataset
     if args.force and os.path.exists(os.path.join(ds.output_dir, META_FILE)):
         os.remove(os.path.join(ds.output_dir, META_FILE))
-    try:
-        if FORMATS[ds.format].generate is not None:  # generated input: made with the dataset, once
-            ensure_preprocessed(ds)
-        else:
-            preprocess(ds, workers=args.workers)
-    except DataError as e:
-        print(f"preprocess: error: {e}", file=sys.stderr)
-        return 1
+    if FORMATS[ds.format].generate is not None:  # generated input: made with the dataset, once
+        ensure_preprocessed(ds)
+    else:
+        preprocess(ds, workers=args.workers)
     return 0
 
 

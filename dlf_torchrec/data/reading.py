@@ -11,13 +11,15 @@ from __future__ import annotations
 import codecs
 import collections
 import dataclasses
+import functools
 import gzip
 import itertools
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +29,7 @@ READ_BYTES = 16 << 20
 MAX_EXAMPLES = 10
 
 RejectList = list[tuple[int, str, str]]  # (line index within the chunk, reason, detail)
+T = TypeVar("T")
 
 
 class BadRowError(ValueError):
@@ -77,13 +80,41 @@ def report_rejections(tag: str, by_reason: dict[str, int], examples: list[str]) 
         print(f"{tag}   e.g. {ex}", file=sys.stderr)
 
 
+def _naming_the_file(read: Callable[..., T]) -> Callable[..., T]:
+    """``read`` of :class:`GzipInput` raising a :class:`DataError` that names the file for a gzip decoding error."""
+    @functools.wraps(read)
+    def checked(self: GzipInput, *args: Any) -> T:
+        try:
+            return read(self, *args)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise self.decoding_error(e) from e
+    return checked
+
+
+class GzipInput(gzip.GzipFile):
+    """A ``.gz`` input file whose decoding errors are :class:`DataError` naming the file and how much of it was
+    decompressed (gzip raises a bare ``EOFError`` for a truncated file, naming nothing)."""
+
+    read = _naming_the_file(gzip.GzipFile.read)
+    read1 = _naming_the_file(gzip.GzipFile.read1)
+    readinto = _naming_the_file(gzip.GzipFile.readinto)
+    readline = _naming_the_file(gzip.GzipFile.readline)  # line iteration calls it too
+    peek = _naming_the_file(gzip.GzipFile.peek)
+
+    def decoding_error(self, error: Exception) -> DataError:
+        done = f"after {self.tell()} bytes of decompressed data"
+        if isinstance(error, EOFError):
+            return DataError(f"{self.name}: truncated gzip input {done}")
+        return DataError(f"{self.name}: bad gzip input {done}: {error}")
+
+
 def open_input(path: str) -> IO[bytes]:
-    """``-`` = stdin; ``.gz`` is read through gzip."""
+    """``-`` = stdin; ``.gz`` is read through gzip (:class:`GzipInput`)."""
     if path == "-":
         return sys.stdin.buffer
     if not os.path.exists(path):
         raise FileNotFoundError(f"input file not found: {path}")
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
+    return GzipInput(path, "rb") if path.endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
 
 
 def header_line(path: str, schema: Schema) -> bytes:

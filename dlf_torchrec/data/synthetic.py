@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from dlf_torchrec import io
+from dlf_torchrec import cli, io
 
 # Criteo's C1..C26 cardinalities in order, the millions scaled down to tens of thousands.
 CARDINALITIES = (1460, 583, 50_000, 30_000, 305, 24, 12_517, 633, 3, 9_000, 5_683, 40_000, 3_194, 27, 14_992,
@@ -211,11 +211,17 @@ def split_probabilities(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarr
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Generate a Criteo-format TSV drawn from the known teacher")
+    ap = cli.ArgumentParser("synthetic", description="Generate a Criteo-format TSV drawn from the known teacher")
     ap.add_argument("--out", required=True)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
+    return cli.run("synthetic", lambda: _generate(args), args.debug)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.rows < 1:
+        raise cli.UsageError("--rows must be >= 1")
     generate_criteo_tsv(args.out, args.rows, args.seed)
     print(f"wrote {args.rows:,} rows to {args.out} (true probabilities: {prob_path(args.out)})", file=sys.stderr)
     return 0
