@@ -159,8 +159,7 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     # Continue from the newest complete checkpoint in output_dir (after a crash or a TorchX/torchrun restart).
     resume: bool = True
-    # Resume even if output_dir's run had another config or data (dlf_torchrec/training/runfingerprint.py); off by
-    # default, so that a changed config never continues a run silently.
+    # Resume even if output_dir's run had another config or data (training/runfingerprint.py); off by default.
     force_resume: bool = False
     # Evaluate the restored best checkpoint on the test split (if the dataset has one).
     evaluate_test: bool = True

@@ -146,3 +146,24 @@ def test_auto_plan_is_a_function_of_config_and_world_size() -> None:
         assert proc.returncode == 0, proc.stderr[-3000:]
         plans.add(proc.stdout.strip().splitlines()[-1])
     assert len(plans) == 1, f"{len(plans)} different plans from 5 processes"
+
+
+def test_pooled_embeddings_are_taken_in_spec_order_whatever_the_plan_order() -> None:
+    """A sharded EBC returns its keys in plan order; the tokens must come out in spec order (values and gradients),
+    without a copy when the orders already match, and unknown keys must not be fed silently."""
+    from torchrec.sparse.jagged_tensor import KeyedTensor
+
+    from dlf_torchrec.models.embedding import spec_ordered_tokens
+
+    names, dim = ["a", "b", "c"], 2
+    per_field = {n: torch.full((4, dim), float(i + 1)) for i, n in enumerate(names)}
+    plan_order = ["c", "a", "b"]
+    values = torch.cat([per_field[n] for n in plan_order], dim=1).requires_grad_()
+    tokens = spec_ordered_tokens(KeyedTensor(plan_order, [dim] * 3, values), names, dim)
+    assert torch.equal(tokens, torch.stack([per_field[n] for n in names], dim=1))
+    (tokens * torch.arange(3.0).view(1, 3, 1)).sum().backward()  # field a weighs 0, b 1, c 2
+    assert torch.equal(values.grad[0], torch.tensor([2.0, 2.0, 0.0, 0.0, 1.0, 1.0]))
+    same = torch.cat([per_field[n] for n in names], dim=1)
+    assert spec_ordered_tokens(KeyedTensor(names, [dim] * 3, same), names, dim).data_ptr() == same.data_ptr()
+    with pytest.raises(ValueError, match="expected"):
+        spec_ordered_tokens(KeyedTensor(["a", "b", "x"], [dim] * 3, same), names, dim)
