@@ -127,8 +127,9 @@ class OovCounter:
                                                                      if ref else "")
                            for j in self.worst_first()[:TOP_FIELDS])
         base = f" ({ref.split} split: {pct(float(ref.rates.mean()))})" if ref else " (no reference split)"
+        order = f"furthest above the {ref.split} split" if ref else "highest"
         return (f"predict: out-of-vocabulary values (unseen, rare in training or missing): "
-                f"{pct(float(self.rates.mean()))} of values overall{base}; highest: {fields}")
+                f"{pct(float(self.rates.mean()))} of values overall{base}; {order}: {fields}")
 
     def warning(self, threshold: float) -> str | None:
         """``predict: warning: ...`` naming the flagged fields, or None."""
