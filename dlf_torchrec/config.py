@@ -37,9 +37,6 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the file and key."""
 
 
-# --------------------------------------------------------------------------------------------- sections
-
-
 @dataclass
 class DatasetConfig:
     """Raw data and how to preprocess it (see ``dlf_torchrec.data.preprocess``)."""
@@ -54,7 +51,8 @@ class DatasetConfig:
     # Random split ratios (train, valid, test) applied to `train` when `valid`/`test` are not given.
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 2018
-    # For format csv: path to a YAML schema file (relative to the experiment YAML) or the schema inline.
+    # csv: a YAML schema file or the schema inline. Input paths (train/valid/test/schema) are relative to the YAML
+    # that sets them (command line: to the current directory).
     schema: dict[str, Any] | str | None = None
     # Tokens seen fewer than min_count times in train map to the field's OOV id (FuxiCTR rule, docs/data.md#vocabulary).
     min_count: int = 1
@@ -77,8 +75,7 @@ class DatasetConfig:
 @dataclass
 class FeaturesConfig:
     embedding_dim: int = 16
-    # FuxiCTR initialises tables with N(0, 1e-4^2) (docs/models.md#pitfall-embedding-init); TorchRec's default is
-    # uniform.
+    # FuxiCTR initialises tables N(0, 1e-4^2) (docs/models.md#pitfall-embedding-init); TorchRec's default: uniform.
     init_std: float = 1e-4
 
 
@@ -166,9 +163,8 @@ class TrainingConfig:
     progress: bool = True
     sync_batchnorm: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # glibc malloc on CPU: "tuned" keeps large blocks in the heap instead of mmap/munmap per step (1.1-1.2x samples/s
-    # measured for DNN, DCNv2, DLF; RSS stays near the run's peak); "default" leaves glibc as it is.
-    # See dlf_torchrec/training/allocator.py.
+    # glibc malloc on CPU (training/allocator.py): "tuned" keeps large blocks in the heap instead of mmap/munmap per
+    # step (1.1-1.2x samples/s for DNN, DCNv2, DLF; RSS stays near the run's peak); "default" leaves glibc as it is.
     cpu_allocator: Literal["tuned", "default"] = "tuned"
 
 
@@ -190,9 +186,6 @@ class ExperimentConfig:
         model = out.pop("model") or {}
         out["model"] = {"name": out.pop("model_name"), **model}
         return out
-
-
-# ------------------------------------------------------------------------------------------- validation
 
 
 def _to_plain(value: Any) -> Any:
@@ -450,12 +443,21 @@ def read_config_tree(path: Path, origins: dict[str, str] | None = None, _seen: t
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
         raise ConfigError(f"{path}: defaults: expected a list of YAML paths, got {includes!r}")
+    _rebase_inputs(raw, path.parent)
     tree: dict[str, Any] = {}
     for include in includes:
         tree = _merge(tree, read_config_tree(path.parent / include, origins, (*_seen, path)))
     if origins is not None:
         origins.update({key: str(path) for key in _leaves(raw)})
     return _merge(tree, raw)
+
+
+def _rebase_inputs(raw: dict[str, Any], base: Path) -> None:
+    """Relative input paths set in a YAML file are relative to that file (command-line overrides: to the cwd)."""
+    dataset = raw.get("dataset")
+    for key in ("train", "valid", "test", "schema") if isinstance(dataset, dict) else ():
+        if isinstance(dataset.get(key), str) and dataset[key] and not os.path.isabs(dataset[key]):
+            dataset[key] = os.path.normpath(base / dataset[key])
 
 
 def _origin(message: str, origins: dict[str, str]) -> str | None:
@@ -494,7 +496,4 @@ def load_config(
         if origin is None or Path(origin) == path.resolve():
             raise
         raise ConfigError(f"{origin} (included by {path}): {message}") from None
-    if isinstance(cfg.dataset.schema, str) and not os.path.isabs(cfg.dataset.schema):
-        schema_origin = Path(origins.get("dataset.schema", str(path)))
-        cfg.dataset.schema = str((schema_origin.parent / cfg.dataset.schema).resolve())
     return cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,22 @@ def test_includes_merge_in_order_and_errors_name_the_including_file(tmp_path: Pa
     exp.write_text("defaults: [missing.yaml]\n")
     with pytest.raises(ConfigError, match="file not found: .*missing.yaml"):
         load_config(exp)
+
+
+def test_input_paths_are_relative_to_the_yaml_that_sets_them(tmp_path, monkeypatch) -> None:
+    """YAML input paths follow their file (incl. an included base), command-line ones the cwd; so the shipped
+    configs find ../shared/data from any working directory (they used to rely on the source checkout's root)."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "base.yaml").write_text("dataset: {format: criteo, train: data/x.txt, schema: s.yaml}\n")
+    (tmp_path / "a" / "b" / "exp.yaml").write_text(
+        f"defaults: [../base.yaml]\ndataset: {{valid: v.txt, test: {tmp_path / 'abs.txt'}}}\n")
+    cfg = load_config(tmp_path / "a" / "b" / "exp.yaml")
+    assert cfg.dataset.train == str(tmp_path / "a" / "data" / "x.txt")
+    assert cfg.dataset.schema == str(tmp_path / "a" / "s.yaml")
+    assert cfg.dataset.valid == str(tmp_path / "a" / "b" / "v.txt") and cfg.dataset.test == str(tmp_path / "abs.txt")
+    assert load_config(tmp_path / "a" / "b" / "exp.yaml", ["dataset.train=rel/t.txt"]).dataset.train == "rel/t.txt"
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)
+    for name in ("criteo", "avazu", "frappe"):
+        ds = load_config(repo / "configs" / name / "dcnv2.yaml").dataset
+        assert all(os.path.isfile(p) for p in (ds.train, ds.valid, ds.test) if p), ds

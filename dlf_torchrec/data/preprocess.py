@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from dlf_torchrec import cli, io
-from dlf_torchrec.config import REPO_ROOT, DatasetConfig
+from dlf_torchrec.config import DatasetConfig
 from dlf_torchrec.data.features import Vocab, distinct, featurize, output_fields, token_strings
 from dlf_torchrec.data.fingerprint import input_fingerprints, stale_reasons
 from dlf_torchrec.data.formats import FORMATS, get_format
@@ -194,10 +194,10 @@ def _run_jobs(jobs: Iterator[Any], local: Callable[[Any], Any], remote: Callable
 
 
 def _resolve(path: str, key: str) -> str:
+    """An input path as the config gives it: YAML-relative paths were made absolute by the config loader, so a
+    relative one here came from the command line or a dict and is relative to the current directory."""
     if os.path.exists(path):
         return path
-    if not os.path.isabs(path) and (REPO_ROOT / path).exists():
-        return str(REPO_ROOT / path)
     raise FileNotFoundError(f"dataset.{key}: input file not found: {path}")
 
 
