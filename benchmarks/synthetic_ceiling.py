@@ -40,26 +40,26 @@ def teacher_design(rows: int, seed: int) -> tuple[object, object, object]:
     teacher = syn.Teacher(seed)
     teacher.bias = syn._calibrate(teacher, seed)
     rng = np.random.default_rng([seed, 3])
-    logits, idxs, misses, ints_all, labels = [], [], [], [], []
+    blocks: list[tuple[np.ndarray, ...]] = []
     done = 0
     while done < rows:  # the generator's block structure, so that the rows are the generated file's rows
         n = min(syn.BLOCK_ROWS, rows - done)
         logit, ints, idx, missing = teacher.sample(rng, n)
-        p = 1 / (1 + np.exp(-(logit + teacher.bias)))
-        labels.append((rng.random(n) < p).astype(np.int64))
-        logits.append(p), idxs.append(idx), misses.append(missing), ints_all.append(ints)
+        p = syn._sigmoid(logit + teacher.bias)
+        blocks.append(((rng.random(n) < p).astype(np.int64), p, idx, missing, ints))
         done += n
-    prob, idx, missing, ints = (np.concatenate(a) for a in (logits, idxs, misses, ints_all))
+    labels, prob, idx, missing, ints = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
     k = syn.SIGNAL_RANKS
     tok = np.where(missing, k, np.minimum(idx, k))  # 0..k-1 head tokens, k = tail or missing
     row = np.arange(rows)
-    blocks = [sparse.csr_matrix((np.ones(rows), (row, tok[:, j])), shape=(rows, k + 1)) for j in range(26)]
-    blocks += [sparse.csr_matrix((np.ones(rows), (row, tok[:, a] * (k + 1) + tok[:, b])), shape=(rows, (k + 1) ** 2))
-               for a, b, _ in syn.PAIRS]
+    columns = [sparse.csr_matrix((np.ones(rows), (row, tok[:, j])), shape=(rows, k + 1)) for j in range(26)]
+    cells = (k + 1) ** 2
+    columns += [sparse.csr_matrix((np.ones(rows), (row, tok[:, a] * (k + 1) + tok[:, b])), shape=(rows, cells))
+                for a, b, _ in syn.PAIRS]
     nan = np.iinfo(np.int64).min
     numeric = [np.where(ints[:, c] == nan, 0.0, np.log1p(np.maximum(ints[:, c], 0))) for c in (0, 2)]
-    blocks.append(sparse.csr_matrix(np.stack(numeric, 1)))
-    return sparse.hstack(blocks).tocsr(), np.concatenate(labels), prob
+    columns.append(sparse.csr_matrix(np.stack(numeric, 1)))
+    return sparse.hstack(columns).tocsr(), labels, prob
 
 
 def ceiling(rows: int, seed: int, cs: list[float]) -> list[dict[str, object]]:

@@ -23,11 +23,12 @@ Avazu's ``id``). Malformed rows: ``--bad-rows fail`` (default) stops with ``file
 Memory is bounded by ``--batch-size`` rows; progress (tqdm) goes to stderr.
 
 Unknown tokens: at the end a line ``predict: out-of-vocabulary values (...): 3.1% of values overall (valid split:
-2.9%); highest: C3 41.2% (valid 12.0%), ...`` gives the share of values that map to their field's OOV id (unseen
-in training, rare, or missing: the ids do not tell them apart) next to the same share on the run's validation
-split. A field whose OOV share exceeds the validation split's by more than ``--oov-warn FRACTION`` (default 0.5)
-of what is left, ``(rate - valid) / (1 - valid)``, is named in a ``predict: warning:`` line: its rows score with
-the OOV embedding, and the input may not match the training data (see :mod:`dlf_torchrec.oov`).
+2.9%); furthest above the valid split: C3 41.2% (valid 12.0%), ...`` gives the share of values that map to their
+field's OOV id (unseen in training, rare, or missing: the ids do not tell them apart) next to the same share on the
+run's validation split, fields ordered by how far they exceed it. A field whose OOV share exceeds the validation
+split's by more than ``--oov-warn FRACTION`` (default 0.5) of what is left, ``(rate - valid) / (1 - valid)``, is
+named in a ``predict: warning:`` line: its rows score with the OOV embedding, and the input may not match the
+training data (see :mod:`dlf_torchrec.oov`).
 ``--oov-report PATH`` writes the per-field counts and rates as JSON.
 """
 

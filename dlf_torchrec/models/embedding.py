@@ -64,10 +64,17 @@ def spec_ordered_tokens(pooled: KeyedTensor, feature_names: list[str], dim: int)
     keys = pooled.keys()
     if keys == feature_names:
         return tokens
-    if sorted(keys) != sorted(feature_names):
-        raise ValueError(f"pooled embeddings have keys {keys}, expected {feature_names}")
+    return tokens.index_select(1, _spec_permutation(tuple(keys), tuple(feature_names), values.device))
+
+
+@functools.lru_cache(maxsize=64)
+def _spec_permutation(keys: tuple[str, ...], names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    """Position of each of ``names`` among ``keys`` int64 [F] on ``device``; fixed per plan, so built once (not a
+    host-to-device copy every step)."""
+    if sorted(keys) != sorted(names):
+        raise ValueError(f"pooled embeddings have keys {list(keys)}, expected {list(names)}")
     position = {k: i for i, k in enumerate(keys)}
-    return tokens.index_select(1, torch.tensor([position[n] for n in feature_names], device=values.device))
+    return torch.tensor([position[n] for n in names], device=device)
 
 
 class FieldEmbedding(nn.Module):

@@ -65,8 +65,7 @@ def _short(value: Any) -> str:
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key old -> new`` for each key whose value differs (a key only on one side counts as a difference)."""
     missing = object()
-    return [f"{k} {_short(old.get(k, missing)) if k in old else '(absent)'} -> "
-            f"{_short(new[k]) if k in new else '(absent)'}"
+    return [f"{k} {_short(old[k]) if k in old else '(absent)'} -> {_short(new[k]) if k in new else '(absent)'}"
             for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)]
 
 
