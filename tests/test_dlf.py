@@ -24,7 +24,7 @@ from dlf_torchrec.models.dlf import (
     TokenProjection,
     layer_output_tokens,
 )
-from dlf_torchrec.models.registry import build_model
+from dlf_torchrec.models.registry import build_model, fields_of
 
 REPO = Path(__file__).resolve().parent.parent
 COMBOS = list(itertools.product(["authors", "paper"], [True, False], [True, False], [True, False]))
@@ -46,7 +46,7 @@ def small_cfg(form: str = "authors", gate: bool = True, rli: bool = True, naf: b
 def test_shapes_every_form_and_ablation(form: str, gate: bool, rli: bool, naf: bool) -> None:
     for num_fields, dim, num_layers in [(1, 2, 1), (5, 4, 2), (9, 8, 3)]:
         cfg = small_cfg(form, gate, rli, naf, num_layers=num_layers)
-        model = DLF(num_fields, dim, cfg)
+        model = DLF(num_fields, dim, **fields_of(cfg))
         tokens = torch.randn(4, num_fields, dim)
         x0, e = tokens, tokens
         for layer in model.layers:
@@ -69,7 +69,7 @@ def test_token_bookkeeping() -> None:
 def test_form_defaults() -> None:
     assert not DLFConfig(form="authors").use_naf and DLFConfig(form="authors").head_units == [512]
     assert DLFConfig(form="paper").use_naf and DLFConfig(form="paper").head_units == []
-    model = DLF(4, 8, small_cfg("paper"))
+    model = DLF(4, 8, **fields_of(small_cfg("paper")))
     assert model.out_features == model.num_tokens * 8  # paper head: one Linear on vec(E) (eq 16)
     assert isinstance(model.head, nn.Linear) and len(model.head_mlp) == 0
 
@@ -91,7 +91,7 @@ def _pre_batchnorm_biases(model: nn.Module) -> set[int]:
 @pytest.mark.parametrize("form,gate,rli,naf", COMBOS)
 def test_gradients_reach_every_parameter(form: str, gate: bool, rli: bool, naf: bool) -> None:
     torch.manual_seed(0)
-    model = DLF(5, 4, small_cfg(form, gate, rli, naf))
+    model = DLF(5, 4, **fields_of(small_cfg(form, gate, rli, naf)))
     tokens = torch.randn(8, 5, 4, requires_grad=True)
     labels = torch.randint(0, 2, (8, 1)).float()
     nn.functional.binary_cross_entropy_with_logits(model(tokens), labels).backward()
@@ -231,8 +231,8 @@ def test_gate_neutral_setting_is_plain_residual() -> None:
 
 def test_gated_model_at_init_equals_plain_model() -> None:
     torch.manual_seed(4)
-    gated = DLF(5, 4, small_cfg("paper", gate=True)).eval()
-    plain = DLF(5, 4, small_cfg("paper", gate=False)).eval()
+    gated = DLF(5, 4, **fields_of(small_cfg("paper", gate=True))).eval()
+    plain = DLF(5, 4, **fields_of(small_cfg("paper", gate=False))).eval()
     missing, unexpected = plain.load_state_dict(gated.state_dict(), strict=False)
     assert not missing and all(k.endswith("residual.gate") for k in unexpected)
     tokens = torch.randn(3, 5, 4)
@@ -249,8 +249,8 @@ def test_config_validation() -> None:
         with pytest.raises(ConfigError):
             from_dict(DLFConfig, bad, "model")
     with pytest.raises(ValueError, match="num_heads"):
-        DLF(4, 5, small_cfg("paper", num_heads=2))
-    DLF(4, 5, small_cfg("authors", naf=False, num_heads=2))  # no attention -> no constraint on d
+        DLF(4, 5, **fields_of(small_cfg("paper", num_heads=2)))
+    DLF(4, 5, **fields_of(small_cfg("authors", naf=False, num_heads=2)))  # no attention -> no constraint on d
 
 
 @pytest.mark.parametrize("form", ["authors", "paper"])
@@ -275,8 +275,8 @@ def test_build_model_runs_on_keyed_jagged_tensor(form: str) -> None:
 def test_authors_parameter_count_matches_models_md() -> None:
     # docs/models.md#dlf-parameter-count: F=39, d=64, r=24, h=512, L=3, n_F=n_D=32 -> 15,190,065 non-embedding
     # parameters.
-    model = DLF(39, 64, DLFConfig(form="authors", num_layers=3, rank=24, block_hidden=512,
-                                  num_tokens_high=32, num_tokens_low=32, num_tokens_implicit=32))
+    model = DLF(39, 64, form="authors", num_layers=3, rank=24, block_hidden=512,
+                num_tokens_high=32, num_tokens_low=32, num_tokens_implicit=32)
 
     def count(module: nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())

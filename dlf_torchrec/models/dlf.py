@@ -39,6 +39,7 @@ their fused versions). The head sees n_out · d features.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -360,21 +361,85 @@ def build_layer(n_in: int, num_fields: int, dim: int, cfg: DLFConfig) -> DLFLaye
 
 @register_over_arch("dlf", DLFConfig)
 class DLF(nn.Module):
-    """tokens [B, F, d] -> logits [B, 1]; ``encode`` gives the head MLP's output [B, out_features]
-    (vec(E^(L+1)) [B, n_out·d] when the head is a single Linear)."""
+    """DLF over-arch: ``num_layers`` stacked DLF layers over the field tokens, then a head MLP and a Linear.
 
-    def __init__(self, num_fields: int, embedding_dim: int, cfg: DLFConfig) -> None:
+    Each layer runs its blocks (high-rank, low-rank, implicit; attention or NAF when enabled) on its input E and the
+    field tokens X0, concatenates their tokens and adds the (gated) residual with a LayerNorm; the module docstring
+    gives the math per ``form`` and ablation, docs/models.md#dlf the reasoning. Layer 1 reads F tokens, every later
+    layer ``num_tokens`` (n_out). ``nn.Linear`` weights start Xavier-normal, the token matrices Kaiming-uniform.
+
+    Args:
+        num_fields (int): F, tokens per sample.
+        embedding_dim (int): d, the size of one token (a multiple of ``num_heads`` when attention is used).
+        form (str): ``authors`` (the released code) or ``paper`` (our reading of the paper).
+        num_layers (int): L, stacked DLF layers.
+        rank (int): r, columns of the rank-aware interactions W_CI / W_LI.
+        num_tokens_high (int): n_F of the high-rank block.
+        num_tokens_low (int): n_F of the low-rank block.
+        num_tokens_implicit (int): n_D of the implicit block.
+        num_tokens_attention (int): n_A of the authors' attention block.
+        block_hidden (int): hidden width of each block's token projection MLP.
+        head_hidden (Sequence[int] | None): head MLP widths before the final Linear; None = the form's default
+            (authors [512], paper [] = one Linear on vec(E^(L+1))).
+        dropout (float): dropout probability in the block and head MLPs (0 = none).
+        batch_norm (bool): BatchNorm1d in the block and head MLPs.
+        num_heads (int): attention heads.
+        attention_layers (int): stacked NAF layers per DLF layer (paper form).
+        gate (bool): False = the "w/o gate" ablation.
+        rli (bool): False = the "w/o RLI" ablation (implicit blocks instead of the rank-aware ones).
+        naf (bool | None): attention on or off; None = the form's default (paper on, authors off).
+        gate_eps (float): ε of the paper form's gate (G + ε) ⊙ R(E).
+
+    Example::
+
+        dlf = DLF(num_fields=4, embedding_dim=8, num_layers=2, rank=3, num_tokens_high=4, num_tokens_low=4,
+                  num_tokens_implicit=4, block_hidden=16, head_hidden=[16])
+        tokens = torch.randn(2, 4, 8)  # [B, F, d]
+        logits = dlf(tokens)  # [2, 1]
+        hidden = dlf.encode(tokens)  # [2, dlf.out_features] = [2, 16]
+    """
+
+    def __init__(
+        self,
+        num_fields: int,
+        embedding_dim: int,
+        form: Literal["paper", "authors"] = "authors",
+        num_layers: int = 3,
+        rank: int = 24,
+        num_tokens_high: int = 32,
+        num_tokens_low: int = 32,
+        num_tokens_implicit: int = 32,
+        num_tokens_attention: int = 32,
+        block_hidden: int = 512,
+        head_hidden: Sequence[int] | None = None,
+        dropout: float = 0.0,
+        batch_norm: bool = True,
+        num_heads: int = 2,
+        attention_layers: int = 2,
+        gate: bool = True,
+        rli: bool = True,
+        naf: bool | None = None,
+        gate_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        attention_used = cfg.use_naf
-        if attention_used and embedding_dim % cfg.num_heads != 0:
-            raise ValueError(f"dlf: num_heads {cfg.num_heads} must divide embedding_dim {embedding_dim}")
+        # One value for the layer builders and the token bookkeeping, which also resolves the form's defaults.
+        cfg = DLFConfig(
+            form=form, num_layers=num_layers, rank=rank, num_tokens_high=num_tokens_high,
+            num_tokens_low=num_tokens_low, num_tokens_implicit=num_tokens_implicit,
+            num_tokens_attention=num_tokens_attention, block_hidden=block_hidden,
+            head_hidden=None if head_hidden is None else list(head_hidden), dropout=dropout, batch_norm=batch_norm,
+            num_heads=num_heads, attention_layers=attention_layers, gate=gate, rli=rli, naf=naf, gate_eps=gate_eps,
+        )
+        cfg.validate()
+        if cfg.use_naf and embedding_dim % num_heads != 0:
+            raise ValueError(f"dlf: num_heads {num_heads} must divide embedding_dim {embedding_dim}")
         self.layers = nn.ModuleList()
         n = num_fields
-        for _ in range(cfg.num_layers):
+        for _ in range(num_layers):
             self.layers.append(build_layer(n, num_fields, embedding_dim, cfg))
             n = layer_output_tokens(cfg)
         self.num_tokens = n
-        self.head_mlp = MLP(n * embedding_dim, cfg.head_units, None, cfg.batch_norm, cfg.dropout)
+        self.head_mlp = MLP(n * embedding_dim, cfg.head_units, None, batch_norm, dropout)
         self.out_features = self.head_mlp.out_features
         self.head = nn.Linear(self.out_features, 1)
         self.reset_parameters()
@@ -385,10 +450,13 @@ class DLF(nn.Module):
         init_linear_(self)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, F, d] -> the head MLP's output [B, out_features] (vec(E^(L+1)) [B, num_tokens·d] when the
+        head is a single Linear)."""
         e = tokens
         for layer in self.layers:
             e = layer(e, tokens)
         return self.head_mlp(e.flatten(1))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, F, d] -> logits [B, 1]."""
         return self.head(self.encode(tokens))

@@ -24,9 +24,20 @@ class LRConfig:
 
 @register_over_arch("lr", LRConfig)
 class LogisticRegression(nn.Module):
-    """tokens [B, F, d] -> logits [B, 1]; ``encode`` is the flattened tokens [B, F * d]."""
+    """Logistic-regression over-arch: one Linear on the flattened field tokens, weights starting at 1, bias at 0
+    (the logit starts as the plain sum of the tokens' entries).
 
-    def __init__(self, num_fields: int, embedding_dim: int, cfg: LRConfig) -> None:
+    Args:
+        num_fields (int): F, tokens per sample.
+        embedding_dim (int): d, the size of one token.
+
+    Example::
+
+        lr = LogisticRegression(num_fields=4, embedding_dim=4)
+        logits = lr(torch.randn(2, 4, 4))  # [2, 1]
+    """
+
+    def __init__(self, num_fields: int, embedding_dim: int) -> None:
         super().__init__()
         self.out_features = num_fields * embedding_dim
         self.head = nn.Linear(self.out_features, 1)
@@ -34,7 +45,9 @@ class LogisticRegression(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, F, d] -> the flattened tokens [B, F·d]."""
         return tokens.flatten(1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, F, d] -> logits [B, 1]."""
         return self.head(self.encode(tokens))

@@ -253,12 +253,6 @@ class Fusion(nn.Module):
 # ----------------------------------------------------------------------------------------------------- model
 
 
-def _drop_own_head(encoder: nn.Module) -> None:
-    """TF4CTR's z_c head replaces the over-arch's own head; remove it so DDP sees no unused parameters."""
-    if isinstance(getattr(encoder, "head", None), nn.Module):
-        encoder.head = nn.Identity()
-
-
 class TF4CTR(CTRModel):
     """forward(dense [B, num_dense], sparse KJT) -> ModelOutput(logits = fused z [B], aux = {z_s, z_c, emb_reg})."""
 
@@ -287,7 +281,8 @@ class TF4CTR(CTRModel):
             from dlf_torchrec.models.registry import build_over_arch
 
             self.complex = build_over_arch(encoder[0], num_fields, dim, encoder[1])
-            _drop_own_head(self.complex)
+            # z_c's head below replaces the over-arch's own (registry.OverArch): no unused parameters under DDP.
+            self.complex.head = nn.Identity()
             self.complex_takes_tokens = True
         simple_width, complex_width = self.simple.out_features, int(self.complex.out_features)
         # z_s / z_c feed the TF loss and the wsf / vf / sum fusions. With BCE-only training and cf / moef they would
