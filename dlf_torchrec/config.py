@@ -29,8 +29,10 @@ import yaml
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "synthetic" / "dcnv2.yaml"
+# Configs the package itself needs (the default experiment, the synthetic LR baseline) ship inside it, so that an
+# installed wheel works without a source checkout; docs/architecture.md#packaged-configs.
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = PACKAGED_CONFIGS / "synthetic" / "dcnv2.yaml"
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlf_torchrec import io
-from dlf_torchrec.config import REPO_ROOT, ExperimentConfig, load_config
+from dlf_torchrec.config import ExperimentConfig, load_config
 from dlf_torchrec.data.formats import raw_format
 from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, DatasetMeta, FeatureSpec
 
@@ -48,12 +48,12 @@ class Run:
 
 def resolve_data_dir(cfg: ExperimentConfig, run_dir: str, override: str | None = None) -> str:
     """The preprocessed dataset directory: ``override``, else ``dataset.output_dir`` as given, relative to the
-    current directory, the run directory's parent or the repository root (the first holding ``meta.json``)."""
+    current directory or the run directory's parent (the first holding ``meta.json``)."""
     if override is not None:
         return override
     path = cfg.dataset.output_dir
     candidates = [path] if os.path.isabs(path) else [path, os.path.join(os.path.dirname(os.path.abspath(run_dir)),
-                                                                         path), str(REPO_ROOT / path)]
+                                                                         path)]
     for c in candidates:
         if io.exists(os.path.join(c, META_FILE)):
             return c

@@ -6,7 +6,7 @@ Runs unchanged as a single process, under torchrun, and under TorchX::
     torchrun --nproc_per_node 2 -m dlf_torchrec.train --config configs/synthetic/dcnv2.yaml
     torchx run -s local_cwd dist.ddp -j 1x2 --script dlf_torchrec/train.py -- --config configs/synthetic/dcnv2.yaml
 
-Without ``--config`` it trains the synthetic default (``configs/synthetic/dcnv2.yaml``), generating and
+Without ``--config`` it trains the synthetic default (``dlf_torchrec/configs/synthetic/dcnv2.yaml``), generating and
 preprocessing its data on first use. Trailing ``key.sub=value`` arguments override config keys.
 """
 
@@ -53,7 +53,7 @@ from dlf_torchrec.training.stack import build_training_stack  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser("train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="experiment YAML (default: configs/synthetic/dcnv2.yaml)")
+    parser.add_argument("--config", default=None, help="experiment YAML (default: the packaged synthetic DCNv2)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. training.epochs=3 model.dropout=0.1")
     return parser.parse_args(argv)
 

@@ -9,7 +9,9 @@ import pytest
 
 from dlf_torchrec.config import ConfigError, build_config, load_config
 
-CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*/*.yaml"))  # bases and includes too
+REPO = Path(__file__).resolve().parent.parent
+# bases and includes too, and the configs the package ships
+CONFIGS = sorted([*REPO.glob("configs/*/*.yaml"), *REPO.glob("dlf_torchrec/configs/*/*.yaml")])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")

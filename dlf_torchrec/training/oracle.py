@@ -5,11 +5,11 @@ The synthetic generator draws every label from a known teacher and keeps each ro
 
 * **oracle AUC**: the AUC of the true probabilities against the drawn labels (Bayes-optimal: no model ranks the
   split's rows better in expectation);
-* **LR AUC**: the ``lr`` model (first-order only, ``configs/synthetic/lr.yaml``) trained by this product on the same
-  shards and ranks. It is trained once per dataset, on the first synthetic run that needs it, under
-  ``<dataset.output_dir>/baselines/lr/`` and cached there in ``baseline.json`` with the configuration and dataset
-  it belongs to (a changed ``lr.yaml`` or regenerated dataset retrains it; a run of the ``lr`` model reports its
-  own AUC);
+* **LR AUC**: the ``lr`` model (first-order only, the packaged ``dlf_torchrec/configs/synthetic/lr.yaml``) trained
+  by this product on the same shards and ranks. It is trained once per dataset, on the first synthetic run that
+  needs it, under ``<dataset.output_dir>/baselines/lr/`` and cached there in ``baseline.json`` with the
+  configuration and dataset it belongs to (a changed ``lr.yaml`` or regenerated dataset retrains it; a run of the
+  ``lr`` model reports its own AUC);
 * **ratio**: (AUC - 0.5) / (oracle AUC - 0.5), for the model and for LR.
 """
 
@@ -23,13 +23,13 @@ from typing import Any
 
 import torch.distributed as dist
 
-from dlf_torchrec.config import REPO_ROOT, ExperimentConfig, load_config
+from dlf_torchrec.config import PACKAGED_CONFIGS, ExperimentConfig, load_config
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.synthetic import split_probabilities
 from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training.metrics import roc_auc
 
-LR_CONFIG = REPO_ROOT / "configs" / "synthetic" / "lr.yaml"
+LR_CONFIG = PACKAGED_CONFIGS / "synthetic" / "lr.yaml"
 BASELINE_FILE = "baseline.json"
 
 Results = dict[str, dict[str, float]]
@@ -42,7 +42,7 @@ def oracle_auc(data_dir: str, split: str) -> float:
 
 
 def lr_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """``configs/synthetic/lr.yaml`` on the run's dataset, writing under ``<dataset.output_dir>/baselines/lr``."""
+    """The packaged ``lr.yaml`` on the run's dataset, writing under ``<dataset.output_dir>/baselines/lr``."""
     lr = load_config(str(LR_CONFIG))
     lr.dataset = cfg.dataset
     tr = lr.training
