@@ -37,18 +37,8 @@ def teacher_design(rows: int, seed: int) -> tuple[object, object, object]:
 
     from dlf_torchrec.data import synthetic as syn
 
-    teacher = syn.Teacher(seed)
-    teacher.bias = syn._calibrate(teacher, seed)
-    rng = np.random.default_rng([seed, 3])
-    blocks: list[tuple[np.ndarray, ...]] = []
-    done = 0
-    while done < rows:  # the generator's block structure, so that the rows are the generated file's rows
-        n = min(syn.BLOCK_ROWS, rows - done)
-        logit, ints, idx, missing = teacher.sample(rng, n)
-        p = syn._sigmoid(logit + teacher.bias)
-        blocks.append(((rng.random(n) < p).astype(np.int64), p, idx, missing, ints))
-        done += n
-    labels, prob, idx, missing, ints = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
+    blocks = list(syn.draw_rows(rows, seed))  # the generated file's rows
+    labels, prob, ints, idx, missing = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
     k = syn.SIGNAL_RANKS
     tok = np.where(missing, k, np.minimum(idx, k))  # 0..k-1 head tokens, k = tail or missing
     row = np.arange(rows)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -47,6 +48,8 @@ MISSING_RATE = 0.04
 TARGET_CTR = 0.22
 BLOCK_ROWS = 250_000
 PROB_SUFFIX = ".prob.npy"
+# One block of generated rows: labels, true probabilities, integer features, token ranks, missing mask.
+RowBlock = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 PROB_FILE = "prob.bin"
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -118,6 +121,22 @@ def _calibrate(teacher: Teacher, seed: int) -> float:
     return (lo + hi) / 2
 
 
+def draw_rows(rows: int, seed: int) -> Iterator[RowBlock]:
+    """The rows :func:`generate_criteo_tsv` writes for ``(rows, seed)``, in blocks of at most ``BLOCK_ROWS``:
+    (labels int64 [n], true probabilities [n], integer features [n, 13] (missing = int64 min), token ranks
+    [n, 26], missing mask [n, 26])."""
+    teacher = Teacher(seed)
+    teacher.bias = _calibrate(teacher, seed)
+    rng = np.random.default_rng([seed, 3])
+    done = 0
+    while done < rows:
+        n = min(BLOCK_ROWS, rows - done)
+        logit, ints, idx, missing = teacher.sample(rng, n)
+        p = _sigmoid(logit + teacher.bias)
+        yield (rng.random(n) < p).astype(np.int64), p, ints, idx, missing
+        done += n
+
+
 def _format_block(labels: np.ndarray, ints: np.ndarray, idx: np.ndarray, missing: np.ndarray) -> bytes:
     cols: list[list[bytes]] = [labels.astype("S1").tolist()]
     for j in range(13):
@@ -141,21 +160,14 @@ def generate_criteo_tsv(path: str | os.PathLike[str], rows: int, seed: int) -> s
     """Write ``rows`` Criteo-format lines drawn from the teacher to ``path`` and their true click probabilities
     (float32 [rows], line order) to :func:`prob_path` (both atomically); returns the TSV path."""
     path = str(path)
-    teacher = Teacher(seed)
-    teacher.bias = _calibrate(teacher, seed)
-    rng = np.random.default_rng([seed, 3])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     probs = np.empty(rows, dtype=np.float32)
     with io.atomic_open(path, "wb") as f:
         done = 0
-        while done < rows:
-            n = min(BLOCK_ROWS, rows - done)
-            logit, ints, idx, missing = teacher.sample(rng, n)
-            p = _sigmoid(logit + teacher.bias)
-            labels = (rng.random(n) < p).astype(np.int64)
+        for labels, p, ints, idx, missing in draw_rows(rows, seed):
             f.write(_format_block(labels, ints, idx, missing))
-            probs[done:done + n] = p
-            done += n
+            probs[done:done + len(p)] = p
+            done += len(p)
     with io.atomic_open(prob_path(path), "wb") as f:
         np.save(f, probs)
     return path
