@@ -2,8 +2,9 @@
 
 For each model config, forward + backward + fused rowwise-Adagrad/Adam at batch 4096 on the config's dataset
 feature spec (real cardinalities, uniform random ids), TorchRec ``table_wise``, ``TrainPipelineSparseDist``, 1
-process: the timing worker of ``quality.py``. Each allocator setting runs in its own fresh subprocess (malloc
-settings are process-wide), one after the other in the same run, and the table reports tuned / default per model::
+process: the timing worker of ``quality.py`` (``quality_throughput.py``). Each allocator setting runs in its own fresh
+subprocess (malloc settings are process-wide), one after the other in the same run, and the table reports tuned /
+default per model::
 
     python benchmarks/allocator.py            # Frappe configs: DNN, DCNv2, DLF (3 variants), TF4CTR; ~5 min
     python benchmarks/allocator.py --quick    # synthetic DCNv2 + DLF, small batch; < 1 min
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
-import quality  # noqa: E402
+from quality_throughput import run_throughput_jobs  # noqa: E402
 
 from dlf_torchrec import cli  # noqa: E402
 
@@ -123,8 +124,8 @@ def _benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
                  for label, config, overrides in jobs]
         for alloc in ALLOCATORS:
             print(f"glibc malloc {alloc}: {len(specs)} configs at batch {args.batch_size} ...", flush=True)
-            results[alloc] = quality.run_throughput_jobs(specs, args.batch_size, args.windows, args.window_seconds,
-                                                         alloc, args.timeout, work_dir)
+            results[alloc] = run_throughput_jobs(specs, args.batch_size, args.windows, args.window_seconds,
+                                                 alloc, args.timeout, work_dir)
     rows = combine(jobs, args.batch_size, results)
     total = time.perf_counter() - start
     os.makedirs(args.out, exist_ok=True)

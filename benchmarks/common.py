@@ -144,7 +144,8 @@ def children_peak_rss_mib() -> float:
 
 
 # --------------------------------------------------------------------------------------------------------- writers
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A table cell: floats to 4 significant digits (whole numbers from 1000 on), NaN empty."""
     if isinstance(value, float):
         if value != value:  # NaN
             return ""
@@ -183,7 +184,7 @@ def read_csv(path: str) -> tuple[dict[str, str], list[dict[str, str]]]:
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     head = "| " + " | ".join(columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_fmt(r.get(c, "")) if r.get(c) is not None else "" for c in columns) + " |"
+    body = ["| " + " | ".join(fmt(r.get(c, "")) if r.get(c) is not None else "" for c in columns) + " |"
             for r in rows]
     return "\n".join([head, sep, *body])
 

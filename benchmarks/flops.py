@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
-import quality  # noqa: E402
+from batches import random_batch  # noqa: E402
+from quality_suites import suite_rows  # noqa: E402
 
 from dlf_torchrec import cli  # noqa: E402
 
@@ -48,7 +49,7 @@ def model_flops(config: str, overrides: list[str], batch: int) -> tuple[float, f
     torch.manual_seed(2019)
     model = build_task(cfg, spec).model
     model.train()
-    inputs = quality.random_batch(spec, batch, torch.Generator().manual_seed(2019))
+    inputs = random_batch(spec, batch, torch.Generator().manual_seed(2019))
     with FlopCounterMode(display=False) as forward_counter:
         logits = model(inputs.dense_features, inputs.sparse_features).logits
     with FlopCounterMode(display=False) as backward_counter:
@@ -62,7 +63,7 @@ def suite_jobs(suites: list[str]) -> list[tuple[str, str, list[str]]]:
     """(label, config, overrides) of each quality-suite row, first occurrence of a label kept."""
     seen: dict[str, tuple[str, str, list[str]]] = {}
     for suite in suites:
-        rows, _ = quality.suite_rows(suite, quick=False)
+        rows, _ = suite_rows(suite, quick=False)
         for r in rows:
             seen.setdefault(r.label, (r.label, r.config, list(r.overrides)))
     return list(seen.values())

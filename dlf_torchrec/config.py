@@ -29,8 +29,7 @@ import yaml
 
 T = TypeVar("T")
 
-# Configs the package itself needs (the default experiment, the synthetic LR baseline) ship inside it, so that an
-# installed wheel works without a source checkout; docs/architecture.md#packaged-configs.
+# The configs the package itself needs ship inside it (no source checkout needed): docs/architecture.md#packaged-configs
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = PACKAGED_CONFIGS / "synthetic" / "dcnv2.yaml"
 

@@ -14,8 +14,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+import batches  # noqa: E402
 import common  # noqa: E402
-import throughput  # noqa: E402
+import throughput_report  # noqa: E402
 
 STAMP_KEYS = ("command", "git_commit", "utc_time", "machine", "python", "torch", "torchrec", "fbgemm_gpu")
 
@@ -49,7 +50,7 @@ def test_csv_structure_stamp_and_ratios(quick_run: str) -> None:
         assert stamp.get(key), key
     assert "--quick" in stamp["command"]
     assert len(stamp["git_commit"].split()[0]) == 40 or stamp["git_commit"] == "unknown"
-    assert rows and list(rows[0]) == list(throughput.COLUMNS)
+    assert rows and list(rows[0]) == list(throughput_report.COLUMNS)
     variants = {r["variant"] for r in rows}
     assert {"fused", "plain_dense", "plain_sparse"} <= variants
     for r in rows:
@@ -75,14 +76,14 @@ def test_markdown_carries_stamp_and_comparison(quick_run: str) -> None:
 
 
 def test_criteo_cardinalities_are_capped() -> None:
-    capped = throughput.cardinalities(1000)
+    capped = batches.cardinalities(1000)
     assert len(capped) == 26 and max(capped) == 1000 and min(capped) >= 3
-    assert throughput.cardinalities(0)[2] == 10131227 + 2  # 0 = uncapped real sizes (+ PAD, OOV)
+    assert batches.cardinalities(0)[2] == 10131227 + 2  # 0 = uncapped real sizes (+ PAD, OOV)
 
 
 def test_batches_are_criteo_shaped() -> None:
-    spec = throughput.feature_spec(500)
-    (batch,) = throughput.make_batches(spec, 64, 1, 1.1, 0)
+    spec = batches.feature_spec(500)
+    (batch,) = batches.make_batches(spec, 64, 1, 1.1, 0)
     assert batch.dense_features.shape == (64, 13) and batch.labels.shape == (64,)
     kjt = batch.sparse_features
     assert kjt.keys() == spec.categorical_names and kjt.values().numel() == 64 * 26

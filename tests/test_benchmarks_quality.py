@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import common  # noqa: E402
 import preprocess as preprocess_bench  # noqa: E402
-import quality  # noqa: E402
+import quality_report  # noqa: E402
+import quality_suites  # noqa: E402
 
 STAMP_KEYS = ("command", "git_commit", "utc_time", "machine", "load_average_at_start", "python", "torch", "torchrec",
               "fbgemm_gpu")
@@ -83,7 +84,7 @@ def test_quality_quick_files_and_columns(quality_run: str) -> None:
         assert os.path.getsize(path) > 0, path
     stamp, rows = common.read_csv(csv_path)
     _check_stamp(stamp)
-    assert list(rows[0]) == list(quality.COLUMNS)
+    assert list(rows[0]) == list(quality_report.COLUMNS)
     (row,) = rows
     assert row["status"] == "ok" and row["seeds_done"] == "1"
     for key in ("valid_auc_mean", "valid_logloss_mean", "test_auc_mean", "test_logloss_mean", "train_samples_per_s",
@@ -101,7 +102,7 @@ def test_quality_quick_files_and_columns(quality_run: str) -> None:
 
 
 def test_quality_suites_are_defined() -> None:
-    dlf_rows, _ = quality.suite_rows("dlf", quick=False)
+    dlf_rows, _ = quality_suites.suite_rows("dlf", quick=False)
     labels = [r.label for r in dlf_rows]
     assert labels[:2] == ["DCNv2", "DNN"] and len(labels) == 12
     for form in ("authors", "paper"):
@@ -110,10 +111,10 @@ def test_quality_suites_are_defined() -> None:
         no_naf = next(r for r in dlf_rows if r.label == f"DLF {form} w/o RLI+NAF")
         # later overrides win: naf ends up false
         assert no_naf.overrides.index("model.naf=false") > no_naf.overrides.index("model.naf=true")
-    models, notes = quality.suite_rows("models", quick=False)
+    models, notes = quality_suites.suite_rows("models", quick=False)
     assert not any("TF4CTR" in r.label and r.dataset == "avazu" for r in models)
     assert any("Avazu" in n for n in notes)
-    tf_rows, _ = quality.suite_rows("tf4ctr", quick=False)
+    tf_rows, _ = quality_suites.suite_rows("tf4ctr", quick=False)
     assert any("complex_encoder" in " ".join(r.overrides) for r in tf_rows)
     assert all(os.path.exists(os.path.join(REPO, r.config)) for r in dlf_rows + models + tf_rows)
 

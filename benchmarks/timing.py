@@ -1,0 +1,44 @@
+"""The benchmarks' timing loop: warm-up, then timed windows of a step function, agreed across ranks."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+
+def time_steps(
+    step: Callable[[], object], warmup_steps: int, windows: int, window_seconds: float, world_size: int
+) -> tuple[list[float], int]:
+    """Warm up, pick steps per window from the warm-up step time (agreed across ranks), time ``windows`` windows
+    of about ``window_seconds`` each.
+
+    Returns (elapsed seconds per window, slowest rank's; steps per window).
+    """
+    import torch
+    import torch.distributed as dist
+
+    def sync() -> None:
+        if world_size > 1:
+            dist.barrier()
+
+    step()  # first step: lazy initialisation, pipeline fill
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(max(1, warmup_steps)):
+        step()
+    per_step = torch.tensor([(time.perf_counter() - t0) / max(1, warmup_steps)])
+    if world_size > 1:
+        dist.all_reduce(per_step, op=dist.ReduceOp.MAX)
+    steps = max(1, math.ceil(window_seconds / max(float(per_step), 1e-6)))
+    elapsed = []
+    for _ in range(windows):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        dt = torch.tensor([time.perf_counter() - t0])
+        if world_size > 1:
+            dist.all_reduce(dt, op=dist.ReduceOp.MAX)
+        elapsed.append(float(dt))
+    return elapsed, steps
