@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ class OverArch(Protocol):
 ModelBuilder = Callable[[FeatureSpec, int, float, Any, "torch.device | None"], nn.Module]
 # factory(num_fields, embedding_dim, model_cfg) -> OverArch module
 OverArchFactory = Callable[[int, int, Any], nn.Module]
+OverArchClass = TypeVar("OverArchClass", bound=type[nn.Module])
 
 
 def fields_of(cfg: Any) -> dict[str, Any]:
@@ -74,13 +75,13 @@ def _add(name: str, entry: _Entry) -> None:
     _REGISTRY[name] = entry
 
 
-def register_over_arch(name: str, config_class: type) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register_over_arch(name: str, config_class: type) -> Callable[[OverArchClass], OverArchClass]:
     """Register an over-arch class (see :class:`OverArch`); the model is field embeddings -> this over-arch.
 
     ``config_class``'s fields must be keyword arguments of the class's constructor (same names).
     """
 
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+    def wrap(cls: OverArchClass) -> OverArchClass:
         def factory(num_fields: int, embedding_dim: int, cfg: Any) -> nn.Module:
             return cls(num_fields=num_fields, embedding_dim=embedding_dim, **fields_of(cfg))
 
