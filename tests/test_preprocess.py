@@ -346,6 +346,32 @@ def test_csv_format_end_to_end(tmp_path: Path) -> None:
     assert meta.rejected_examples[0].startswith(f"{train}:22: {P.BAD_LABEL}")
 
 
+def test_label_rules_count_rows_outside_the_rule_by_reason(tmp_path: Path) -> None:
+    rated = tmp_path / "ratings.csv"
+    rated.write_text("user,rating\n" + "".join(f"u{i % 4},{i % 5 + 0.5}\n" for i in range(200))
+                     + "u1,\nu2,five\n")
+    rule = {"header": True, "label": {"column": "rating", "rule": ">= 4"},
+            "columns": [{"name": "user"}, {"name": "rating"}]}
+    meta = preprocess(cfg_for(tmp_path, rated, format="csv", schema=rule, split=[1.0, 0.0, 0.0],
+                              max_bad_fraction=0.05))
+    labels = read_all(str(tmp_path / "out"))["train"][0]
+    assert len(labels) == 200 and labels.sum() == 40  # 4.5 is the only value >= 4: 1 row in 5
+    assert meta.rejected_by_reason == {P.LABEL_NOT_NUMBER: 2}
+    assert meta.rejected_examples == [f"{rated}:202: {P.LABEL_NOT_NUMBER} (rating=b'')",
+                                      f"{rated}:203: {P.LABEL_NOT_NUMBER} (rating=b'five')"]
+    answers = tmp_path / "answers.csv"
+    answers.write_text("".join(f"u{i % 3};{('yes', 'no', 'no')[i % 3]}\n" for i in range(99)) + "u0;maybe\n")
+    mapped = {"delimiter": ";", "label": {"column": "a", "map": {"yes": 1, "no": 0}},
+              "columns": [{"name": "u"}, {"name": "a"}]}
+    kw = {"format": "csv", "schema": mapped, "split": [1.0, 0.0, 0.0], "output_dir": str(tmp_path / "m")}
+    with pytest.raises(BadRowError, match=rf"^{answers}:100: {P.LABEL_NOT_IN_MAP} \(a=b'maybe'\)$"):
+        preprocess(cfg_for(tmp_path, answers, bad_rows="fail", **kw))
+    meta = preprocess(cfg_for(tmp_path, answers, max_bad_fraction=0.05, **kw))
+    assert meta.rejected_by_reason == {P.LABEL_NOT_IN_MAP: 1} and meta.splits["train"].positives == 33
+    with pytest.raises(DataError, match=rf"1 of 100 rows rejected .*1 x {P.LABEL_NOT_IN_MAP}"):
+        preprocess(cfg_for(tmp_path, answers, max_bad_fraction=0.005, **kw))
+
+
 HDR_SCHEMA = {"header": True, "label": "y", "columns": [
     {"name": "user", "type": "categorical"}, {"name": "y", "type": "label"}, {"name": "price", "type": "numeric"},
     {"name": "qty", "type": "numeric"}, {"name": "item", "type": "categorical"}, {"name": "junk", "type": "skip"}]}

@@ -8,6 +8,8 @@ built in :mod:`dlf_torchrec.data.formats` (one module per format, one registry l
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +32,25 @@ class Column:
     kind: ColumnKind
 
 
+# Comparisons a threshold label rule may use (csv ``label: {column, rule: ">= 4"}``).
+LABEL_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How a label column's raw value becomes 0/1 (docs/data.md#label-rules): a threshold (``op``, ``threshold``:
+    label 1 where ``value op threshold`` holds, 0 where not) or a value map (``mapping``: raw bytes -> 0/1). Values
+    outside the rule (not a number; not in the map) reject the row."""
+
+    op: str = ""
+    threshold: float = 0.0
+    mapping: tuple[tuple[bytes, float], ...] = ()
+
+    def holds(self, value: float) -> bool:
+        return LABEL_OPS[self.op](value, self.threshold)
+
+
 @dataclass(frozen=True)
 class Schema:
     """Raw columns of one format and the output fields they produce.
@@ -39,6 +60,7 @@ class Schema:
     columns, file order) and ``categorical_fields`` (in output order; may include derived hour fields).
     ``positions``: for a file whose header lists the columns in another order, the file position of each column
     (None = file order is ``columns`` order; set by :func:`dlf_torchrec.data.reading.header_order`).
+    ``label_rule``: how the label column's values map to 0/1 (None: the values are ``0``/``1``).
     """
 
     format: str
@@ -48,6 +70,7 @@ class Schema:
     header: bool | Literal["auto"] = False
     header_prefix: bytes = b""
     positions: tuple[int, ...] | None = None
+    label_rule: LabelRule | None = None
 
     @property
     def n_columns(self) -> int:
