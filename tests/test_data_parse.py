@@ -111,6 +111,17 @@ def test_libfm_rows() -> None:
     assert detect_libfm_fields("1 266:1 1244:1 5042:1") == 3
 
 
+def test_float_formatted_criteo_integers() -> None:
+    row = P.parse_line(CRITEO, criteo_line(ints=["104.0", "-1.", "-1.000", "0.0", "7", *[""] * 7, "3.00"]))
+    assert row.numeric[:5] == (104.0, -1.0, -1.0, 0.0, 7.0) and row.numeric[12] == 3.0
+    for bad in ("1.5", "1e3", ".0", "1.0.0", "1,0", "-.0"):
+        assert reason(CRITEO, criteo_line(ints=[bad, *["1"] * 12])) == P.NON_INT, bad
+    assert reason(CRITEO, criteo_line(ints=["9" * 19 + ".0", *["1"] * 12])) == P.INT_RANGE
+    header = ",".join(["id", *AVAZU_LINE.split(",")[1:]])
+    names = "click,id,hour," + ",".join(c.name for c in AVAZU.columns[3:])
+    assert AVAZU.is_header(names.encode()) and not AVAZU.is_header(header.encode())
+
+
 def test_csv_schema_rows_and_validation(tmp_path: Path) -> None:
     spec = {"delimiter": ";", "header": True, "label": "y",
             "columns": [{"name": "u", "type": "categorical"}, {"name": "y", "type": "label"},

@@ -17,7 +17,8 @@ Empty values are allowed and mean missing. Column rules:
 * label: ``0``/``1`` (libFM: ``1``/``+1`` -> 1, ``-1``/``0`` -> 0), else "bad label". Under a csv label rule
   (:class:`~dlf_torchrec.data.schema.LabelRule`): a threshold needs a decimal number ("non-numeric label"), a value
   map one of its values ("label not in map").
-* int (Criteo I1..I13): ``-?[0-9]+``, else "non-integer in int field"; more than 18 digits: "int out of range".
+* int (Criteo I1..I13): ``-?[0-9]+``, optionally float-formatted (``104.0``, ``-1.``: a point and zeros only), else
+  "non-integer in int field"; more than 18 digits: "int out of range".
 * numeric (csv): a decimal float (``[+-]?digits[.digits][e[+-]digits]``), finite, else "non-numeric in numeric field".
 * hex (Criteo C1..C26): 1-8 hex digits, else "non-hex categorical id".
 * categorical: any bytes up to ``MAX_TOKEN_BYTES`` (else "token too long"); libFM items must be ``id:value`` with a
@@ -78,7 +79,7 @@ class Row:
     categorical: tuple[bytes, ...]
 
 
-_INT_RE = re.compile(rb"-?[0-9]+")
+_INT_RE = re.compile(rb"(-?[0-9]+)(?:\.0*)?")
 _FLOAT_RE = re.compile(rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _HEX_RE = re.compile(rb"[0-9a-fA-F]{1,8}")
 _HOUR_RE = re.compile(rb"[0-9]{8}")
@@ -120,11 +121,13 @@ def _ruled_label(rule: LabelRule, p: bytes, name: str) -> float:
 def _int(p: bytes, name: str) -> float | None:
     if not p:
         return None
-    if not _INT_RE.fullmatch(p):
+    match = _INT_RE.fullmatch(p)
+    if match is None:
         raise RowRejected(NON_INT, f"{name}={_short(p)}")
-    if len(p) - (p[:1] == b"-") > 18:
+    digits = match.group(1)
+    if len(digits) - (digits[:1] == b"-") > 18:
         raise RowRejected(INT_RANGE, f"{name}={_short(p)}")
-    return float(int(p))
+    return float(int(digits))
 
 
 def _float(p: bytes, name: str) -> float | None:
@@ -307,6 +310,8 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
     fmt = FORMATS.get(schema.format)
     # The fast parsers read columns at fixed positions: a file whose header reorders them (rare) is parsed per row.
     fast = fmt.fast if fmt is not None and schema.positions is None else None
+    if fast is not None and schema.delimiter not in (None, chr(fast.delimiter)):  # e.g. Criteo as a header CSV
+        fast = None
     if fast is None or not buf:
         lines = buf.split(b"\n")[:-1]
         ok_idx, rows, rejected = _parse_rows(schema, lines, list(range(len(lines))))

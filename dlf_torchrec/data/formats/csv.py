@@ -134,4 +134,4 @@ def _schema(spec: Any, num_fields: int | None) -> Schema:
     return csv_schema(spec)
 
 
-FORMAT = Format("csv", _schema)
+FORMAT = Format("csv", _schema, numeric="dense")
