@@ -145,6 +145,7 @@ class TrainingConfig:
     # (FuxiCTR's DLF config) stops runs earlier once logloss rises while AUC still improves.
     monitor: dict[str, float] = field(default_factory=lambda: {"auc": 1.0})
     early_stop_patience: int = 2
+    group_auc_field: str | None = None  # also report gAUC grouped by this categorical field (docs/training.md)
     # On each non-improving evaluation every learning rate (dense and fused sparse) is multiplied by this.
     lr_decay_factor: float = 0.1
     min_lr: float = 1e-6
