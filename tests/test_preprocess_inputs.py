@@ -10,6 +10,7 @@ import pytest
 from test_preprocess import cfg_for, read_all
 
 from dlf_torchrec.data import parse as P
+from dlf_torchrec.data.fingerprint import stale_reasons
 from dlf_torchrec.data.meta import VOCAB_FILE
 from dlf_torchrec.data.preprocess import DataError, main, preprocess
 from dlf_torchrec.data.reading import BadRowError
@@ -35,8 +36,13 @@ def test_label_rules_count_rows_outside_the_rule_by_reason(tmp_path: Path) -> No
     kw = {"format": "csv", "schema": mapped, "split": [1.0, 0.0, 0.0], "output_dir": str(tmp_path / "m")}
     with pytest.raises(BadRowError, match=rf"^{answers}:100: {P.LABEL_NOT_IN_MAP} \(a=b'maybe'\)$"):
         preprocess(cfg_for(tmp_path, answers, bad_rows="fail", **kw))
-    meta = preprocess(cfg_for(tmp_path, answers, max_bad_fraction=0.05, **kw))
+    cfg = cfg_for(tmp_path, answers, max_bad_fraction=0.05, **kw)
+    meta = preprocess(cfg)
     assert meta.rejected_by_reason == {P.LABEL_NOT_IN_MAP: 1} and meta.splits["train"].positives == 33
+    numbered = cfg_for(tmp_path, answers, max_bad_fraction=0.05, **{**kw, "output_dir": str(tmp_path / "n"), "schema": {
+        **mapped, "label": {"column": "a", "map": {"yes": 1, "no": 0, 7: 0}}}})
+    preprocess(numbered)  # integer map keys: the dataset is reused, not preprocessed again on every run
+    assert stale_reasons(numbered, lambda path, key: path) == []
     with pytest.raises(DataError, match=rf"1 of 100 rows rejected .*1 x {P.LABEL_NOT_IN_MAP}"):
         preprocess(cfg_for(tmp_path, answers, max_bad_fraction=0.005, **kw))
 
