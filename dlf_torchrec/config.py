@@ -52,25 +52,26 @@ class DatasetConfig:
     # Random split ratios (train, valid, test) applied to `train` when `valid`/`test` are not given.
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 2018
-    # csv: a YAML schema file or the schema inline. Input paths (train/valid/test/schema) are relative to the YAML
-    # that sets them (command line: to the current directory).
+    # csv: a YAML schema file or inline. Input paths are relative to the YAML that sets them (command line: to cwd).
     schema: dict[str, Any] | str | None = None
     # Tokens seen fewer than min_count times in train map to the field's OOV id (FuxiCTR rule, docs/data.md#vocabulary).
     min_count: int = 1
-    # Criteo I1..I13: "bucketize" -> floor(ln(x)^2) categorical ids (BARS), "dense" -> float features x_j.
-    numeric: Literal["bucketize", "dense"] = "bucketize"
+    # Numeric columns: bucketize (floor(ln(x)^2) ids, BARS), dense (floats) or auto (Criteo: bucketize, csv: dense).
+    numeric: Literal["auto", "bucketize", "dense"] = "auto"
     # Malformed rows: "skip" counts and reports them, "fail" stops with file:line.
     bad_rows: Literal["skip", "fail"] = "skip"
-    # With bad_rows "skip": preprocessing fails (naming the file and the top reasons) when more than this fraction
-    # of an input file's rows is rejected; an input with no usable row always fails.
+    # bad_rows skip: fail (naming the file, top reasons) when more of a file's rows are rejected; 0 usable rows: fail.
     max_bad_fraction: float = 0.01
     chunk_rows: int = 100_000
     # Where preprocessed shards + meta.json go. Relative paths are relative to the current directory.
     output_dir: str = "data/processed/synthetic"
-    # Only for format synthetic: rows to generate and the generator's seed.
-    synthetic_rows: int = 200_000
+    synthetic_rows: int = 200_000  # format synthetic: rows to generate and the generator's seed
     synthetic_seed: int = 7
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        from dlf_torchrec.data.formats import default_numeric
+        self.numeric = default_numeric(self.format) if self.numeric == "auto" else self.numeric
 
 
 @dataclass
@@ -145,6 +146,7 @@ class TrainingConfig:
     # (FuxiCTR's DLF config) stops runs earlier once logloss rises while AUC still improves.
     monitor: dict[str, float] = field(default_factory=lambda: {"auc": 1.0})
     early_stop_patience: int = 2
+    group_auc_field: str | None = None  # also report gAUC grouped by this categorical field (docs/training.md)
     # On each non-improving evaluation every learning rate (dense and fused sparse) is multiplied by this.
     lr_decay_factor: float = 0.1
     min_lr: float = 1e-6
@@ -211,7 +213,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(tp):
             if arg is type(None):
                 if value is None:
@@ -219,8 +220,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if origin is Literal:
         if value not in typing.get_args(tp):

@@ -165,7 +165,8 @@ def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, 
         if kept[0] is None:
             io.write_text(results_path, json.dumps(json_safe(results), indent=2, allow_nan=False))  # NaN -> null
         for split, m in results.items():
-            print(f"[dlf_torchrec] best checkpoint {split}: AUC={_fmt(m['auc'])} logloss={_fmt(m['logloss'])} "
+            gauc = f" gAUC={_fmt(m['gauc'])}" if "gauc" in m else ""
+            print(f"[dlf_torchrec] best checkpoint {split}: AUC={_fmt(m['auc'])}{gauc} logloss={_fmt(m['logloss'])} "
                   f"rows={int(m['rows'])}")
     return results
 

@@ -111,6 +111,17 @@ def test_libfm_rows() -> None:
     assert detect_libfm_fields("1 266:1 1244:1 5042:1") == 3
 
 
+def test_float_formatted_criteo_integers() -> None:
+    row = P.parse_line(CRITEO, criteo_line(ints=["104.0", "-1.", "-1.000", "0.0", "7", *[""] * 7, "3.00"]))
+    assert row.numeric[:5] == (104.0, -1.0, -1.0, 0.0, 7.0) and row.numeric[12] == 3.0
+    for bad in ("1.5", "1e3", ".0", "1.0.0", "1,0", "-.0"):
+        assert reason(CRITEO, criteo_line(ints=[bad, *["1"] * 12])) == P.NON_INT, bad
+    assert reason(CRITEO, criteo_line(ints=["9" * 19 + ".0", *["1"] * 12])) == P.INT_RANGE
+    header = ",".join(["id", *AVAZU_LINE.split(",")[1:]])
+    names = "click,id,hour," + ",".join(c.name for c in AVAZU.columns[3:])
+    assert AVAZU.is_header(names.encode()) and not AVAZU.is_header(header.encode())
+
+
 def test_csv_schema_rows_and_validation(tmp_path: Path) -> None:
     spec = {"delimiter": ";", "header": True, "label": "y",
             "columns": [{"name": "u", "type": "categorical"}, {"name": "y", "type": "label"},
@@ -139,6 +150,56 @@ def test_csv_schema_rows_and_validation(tmp_path: Path) -> None:
             csv_schema(s)
     with pytest.raises(SchemaError, match="not found"):
         csv_schema(str(tmp_path / "missing.yaml"))
+
+
+def _ruled(label: object) -> object:
+    return csv_schema({"label": label, "columns": [{"name": "u"}, {"name": "r", "type": "label"}]})
+
+
+@pytest.mark.parametrize(("rule", "values"), [
+    (">= 4", {"4": 1.0, "4.0": 1.0, "5": 1.0, "3.5": 0.0, "-1": 0.0, "1e1": 1.0}),
+    ("> 4", {"4": 0.0, "4.01": 1.0}),
+    ("<=0.5", {"0.5": 1.0, ".6": 0.0}),
+    ("< 0", {"-0.1": 1.0, "0": 0.0}),
+    ("== 1", {"1.0": 1.0, "2": 0.0}),
+    ("!= 0", {"0": 0.0, "7": 1.0}),
+])
+def test_threshold_label_rule(rule: str, values: dict[str, float]) -> None:
+    schema = _ruled({"column": "r", "rule": rule})
+    for raw, label in values.items():
+        assert P.parse_line(schema, f"alice,{raw}").label == label, (rule, raw)
+    for raw in ("", "four", "nan", "1e999", "4 "):
+        assert reason(schema, f"alice,{raw}") == P.LABEL_NOT_NUMBER, raw
+
+
+def test_value_map_label_rule() -> None:
+    schema = _ruled({"column": "r", "map": {"yes": 1, "no": 0, 5: 1}})
+    assert [P.parse_line(schema, f"a,{v}").label for v in ("yes", "no", "5")] == [1.0, 0.0, 1.0]
+    for raw in ("Yes", "", "maybe", "1", "no "):
+        assert reason(schema, f"a,{raw}") == P.LABEL_NOT_IN_MAP, raw
+    assert _ruled("r").label_rule is None and P.parse_line(_ruled("r"), "a,1").label == 1.0
+    assert P.parse_line(schema.without_label(), "a").categorical == (b"a",)  # unlabelled scoring input
+
+
+@pytest.mark.parametrize(("label", "message"), [
+    ({"column": "r", "rule": "=> 4"}, r"^schema\.label\.rule: expected '<op> <number>'"),
+    ({"column": "r", "rule": 4}, r"^schema\.label\.rule: "),
+    ({"column": "r", "rule": ">= four"}, r"^schema\.label\.rule: "),
+    ({"column": "r"}, r"^schema\.label: give exactly one of rule"),
+    ({"column": "r", "rule": ">= 4", "map": {"a": 1, "b": 0}}, r"^schema\.label: give exactly one"),
+    ({"column": "r", "rules": ">= 4"}, r"^schema\.label: unknown key\(s\) \['rules'\]"),
+    ({"rule": ">= 4"}, r"^schema\.label\.column: expected the label column's name, got None"),
+    ({"column": "nope", "rule": ">= 4"}, r"^schema\.columns\[1\]\.type: 'label' but schema\.label is 'nope'"),
+    ({"column": "r", "map": {True: 1, False: 0}}, r"^schema\.label\.map: key True is not a string .*quote"),
+    ({"column": "r", "map": {"y": 2, "n": 0}}, r"^schema\.label\.map\.y: expected 0 or 1, got 2"),
+    ({"column": "r", "map": {"y": 1, "z": 1}}, r"^schema\.label\.map: needs values labelled 1 and values labelled 0"),
+    ({"column": "r", "map": {1: 1, "1": 0}}, r"^schema\.label\.map: value '1' given twice"),
+    ({"column": "r", "map": []}, r"^schema\.label\.map: expected a mapping"),
+])
+def test_label_rule_errors_name_the_key(label: object, message: str) -> None:
+    with pytest.raises(SchemaError, match=message) as err:
+        _ruled(label)
+    assert "\n" not in str(err.value)
 
 
 def test_scoring_input_header_is_matched_by_name() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_metrics import sklearn_gauc
 
 from dlf_torchrec import export, oov, predict
 from dlf_torchrec import run as runs
@@ -40,7 +41,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, criteo: Path) -> Path:
     cmd = [sys.executable, "-m", "dlf_torchrec.train", "--config", str(REPO / CONFIG),
            f"dataset.train={criteo / 'sample.train'}", f"dataset.output_dir={tmp / 'data'}",
            f"training.output_dir={tmp / 'run'}", "training.epochs=1", "model.hidden_units=[16]",
-           "training.progress=false", "dataset.progress=false"]
+           "training.progress=false", "dataset.progress=false", "training.group_auc_field=C1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return tmp / "run"
@@ -99,7 +100,8 @@ def test_unlabelled_criteo_test_file(test_predictions: list[str]) -> None:
 def test_valid_rows_match_trainer(run_dir: Path, run: runs.Run, model: torch.nn.Module, criteo: Path,
                                   tmp_path: Path) -> None:
     """predict on the raw labelled file == the trainer's model on the preprocessed valid split, row by row; the
-    valid AUC/logloss recomputed from predict's output == results.json."""
+    valid AUC/logloss recomputed from predict's output == results.json, and so is the gAUC by C1 (sklearn per
+    group, weighted by group size)."""
     out = tmp_path / "train.pred"
     assert predict.main(["--run", str(run_dir), "--input", str(criteo / "sample.train"), "--output", str(out),
                          "--no-progress", "--batch-size", "3000"]) == 0
@@ -115,6 +117,37 @@ def test_valid_rows_match_trainer(run_dir: Path, run: runs.Run, model: torch.nn.
     metrics = compute_metrics(probs[valid].astype(np.float32), labels[valid].astype(np.float32))
     assert metrics["auc"] == pytest.approx(results["valid"]["auc"], abs=1e-6)
     assert metrics["logloss"] == pytest.approx(results["valid"]["logloss"], abs=1e-6)
+    c1 = np.asarray(open_split(run.data_dir, "valid", run.meta).sparse)[:, run.keys.index("C1")]
+    gauc = sklearn_gauc(labels[valid], probs[valid], c1)
+    assert 0.5 < gauc < 0.9 and results["valid"]["gauc"] == pytest.approx(gauc, abs=1e-6)
+    assert results["valid"]["gauc"] != pytest.approx(results["valid"]["auc"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_group_auc_of_a_two_rank_run(criteo: Path, tmp_path: Path) -> None:
+    """Evaluated on 2 ranks (each its share of the valid split, the last one padded), the gAUC by C1 in results.json
+    and in the eval events equals sklearn's per-group AUC, weighted by group size, of the run's model."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "dlf_torchrec.train", "--config", str(REPO / CONFIG), f"dataset.train={criteo / 'sample.train'}",
+           f"dataset.output_dir={tmp_path / 'data'}", f"training.output_dir={tmp_path / 'run'}", "training.epochs=1",
+           "model.hidden_units=[16]", "training.progress=false", "dataset.progress=false",
+           "training.group_auc_field=C1", "training.evaluate_test=false"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    run = runs.load_run(str(tmp_path / "run"))
+    _, sparse, probs = shard_probs(run, runs.load_model(run), "valid")
+    labels = np.asarray(open_split(run.data_dir, "valid", run.meta).labels)
+    gauc = sklearn_gauc(labels, probs, sparse[:, run.keys.index("C1")])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["valid"]["rows"] == len(labels) and results["valid"]["gauc"] == pytest.approx(gauc, abs=1e-6)
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["gauc"] for e in events if e["event"] == "eval"] == [pytest.approx(gauc, abs=1e-6)]
+    assert "gAUC=" in proc.stdout
+    bad = [c if not c.startswith("training.group_auc_field") else "training.group_auc_field=user" for c in cmd[5:]]
+    bad = [c if not c.startswith("training.output_dir") else f"training.output_dir={tmp_path / 'bad'}" for c in bad]
+    proc = subprocess.run([sys.executable, *bad], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2 and "training.group_auc_field: 'user' is not a categorical field of the dataset " \
+        "(fields: I1, I2," in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.slow

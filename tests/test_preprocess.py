@@ -135,7 +135,9 @@ def _good_rows(n: int) -> str:
 @pytest.mark.parametrize(("case", "message"), [
     ("empty", "no data rows"),
     ("header_only", "no data rows"),
-    ("wrong_delimiter", r"all 40 rows rejected, 0 written .*top reasons: 40 x wrong field count; e\.g\. .*:1: "),
+    ("wrong_delimiter", r"the first line splits into 40 ','-separated columns; format criteo reads 40 '\\t'-separated "
+                        r"columns named C1, C10, C11, \.\.\.; read this file with format: csv and a dataset\.schema"),
+    ("wrong_rows", r"all 40 rows rejected, 0 written .*top reasons: 40 x wrong field count; e\.g\. .*:1: "),
     ("too_many_bad", r"3 of 100 rows rejected \(3\.00%\), over dataset\.max_bad_fraction=0\.01; "
                      r"top reasons: 2 x bad label, 1 x blank line"),
     ("empty_valid", "valid.tsv: no data rows"),
@@ -150,6 +152,8 @@ def test_no_usable_rows_or_too_many_bad_ones_fail_naming_the_file(tmp_path: Path
         kw = {"format": "csv", "schema": CSV_SCHEMA}
     elif case == "wrong_delimiter":  # a comma-separated file read as criteo (tab-separated)
         train.write_text(_good_rows(40).replace("\t", ","))
+    elif case == "wrong_rows":  # no delimiter the format could read
+        train.write_text(_good_rows(40).replace("\t", " "))
     elif case == "too_many_bad":
         lines = _good_rows(97).splitlines()
         train.write_text("\n".join([*lines[:10], criteo(label="yes"), "", criteo(label="7"), *lines[10:]]) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -46,7 +47,8 @@ def stale_reasons(cfg: DatasetConfig, resolve: Any) -> list[str]:
     except (OSError, ValueError, TypeError, KeyError) as e:
         return [f"meta.json unreadable ({e})"]
     old = {k: v for k, v in meta.dataset_config.items() if k not in _UNCHECKED_KEYS}
-    new = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNCHECKED_KEYS}
+    # As meta.json holds it (a JSON round trip: e.g. a label map's integer keys become strings).
+    new = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(cfg))).items() if k not in _UNCHECKED_KEYS}
     reasons = [f"dataset.{k} was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
                if old.get(k) != new.get(k)]
     random_split = not (cfg.valid or cfg.test)

@@ -14,8 +14,11 @@ Row rules (all formats): the line terminator (``\\n``, ``\\r\\n``) is removed; a
 ("nul byte"); a line of only whitespace is a "blank line"; a wrong number of columns is "wrong field count".
 Empty values are allowed and mean missing. Column rules:
 
-* label: ``0``/``1`` (libFM: ``1``/``+1`` -> 1, ``-1``/``0`` -> 0), else "bad label".
-* int (Criteo I1..I13): ``-?[0-9]+``, else "non-integer in int field"; more than 18 digits: "int out of range".
+* label: ``0``/``1`` (libFM: ``1``/``+1`` -> 1, ``-1``/``0`` -> 0), else "bad label". Under a csv label rule
+  (:class:`~dlf_torchrec.data.schema.LabelRule`): a threshold needs a decimal number ("non-numeric label"), a value
+  map one of its values ("label not in map").
+* int (Criteo I1..I13): ``-?[0-9]+``, optionally float-formatted (``104.0``, ``-1.``: a point and zeros only), else
+  "non-integer in int field"; more than 18 digits: "int out of range".
 * numeric (csv): a decimal float (``[+-]?digits[.digits][e[+-]digits]``), finite, else "non-numeric in numeric field".
 * hex (Criteo C1..C26): 1-8 hex digits, else "non-hex categorical id".
 * categorical: any bytes up to ``MAX_TOKEN_BYTES`` (else "token too long"); libFM items must be ``id:value`` with a
@@ -38,7 +41,7 @@ import numpy as np
 
 from dlf_torchrec.data.fastparse import Fields
 from dlf_torchrec.data.formats import FORMATS
-from dlf_torchrec.data.schema import MAX_TOKEN_BYTES, Schema
+from dlf_torchrec.data.schema import MAX_TOKEN_BYTES, LabelRule, Schema
 
 BLANK = "blank line"
 FIELD_COUNT = "wrong field count"
@@ -52,8 +55,10 @@ BAD_ITEM = "bad libfm item"
 TOKEN_TOO_LONG = "token too long"
 NUL_BYTE = "nul byte"
 BAD_INPUT = "not text"
+LABEL_NOT_NUMBER = "non-numeric label"
+LABEL_NOT_IN_MAP = "label not in map"
 REASONS = (BLANK, FIELD_COUNT, NON_INT, INT_RANGE, NON_NUMERIC, NON_HEX, BAD_LABEL, BAD_HOUR, BAD_ITEM,
-           TOKEN_TOO_LONG, NUL_BYTE, BAD_INPUT)
+           TOKEN_TOO_LONG, NUL_BYTE, BAD_INPUT, LABEL_NOT_NUMBER, LABEL_NOT_IN_MAP)
 
 class RowRejected(ValueError):
     """A raw line that is not a valid row. ``reason`` is one of :data:`REASONS`; ``detail`` says where/what."""
@@ -74,7 +79,7 @@ class Row:
     categorical: tuple[bytes, ...]
 
 
-_INT_RE = re.compile(rb"-?[0-9]+")
+_INT_RE = re.compile(rb"(-?[0-9]+)(?:\.0*)?")
 _FLOAT_RE = re.compile(rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _HEX_RE = re.compile(rb"[0-9a-fA-F]{1,8}")
 _HOUR_RE = re.compile(rb"[0-9]{8}")
@@ -102,14 +107,27 @@ def _label(p: bytes, libfm: bool) -> float:
     raise RowRejected(BAD_LABEL, _short(p))
 
 
+def _ruled_label(rule: LabelRule, p: bytes, name: str) -> float:
+    if rule.mapping:
+        label = next((v for k, v in rule.mapping if k == p), None)
+        if label is None:
+            raise RowRejected(LABEL_NOT_IN_MAP, f"{name}={_short(p)}")
+        return label
+    if not _FLOAT_RE.fullmatch(p) or not math.isfinite(value := float(p)):
+        raise RowRejected(LABEL_NOT_NUMBER, f"{name}={_short(p)}")
+    return 1.0 if rule.holds(value) else 0.0
+
+
 def _int(p: bytes, name: str) -> float | None:
     if not p:
         return None
-    if not _INT_RE.fullmatch(p):
+    match = _INT_RE.fullmatch(p)
+    if match is None:
         raise RowRejected(NON_INT, f"{name}={_short(p)}")
-    if len(p) - (p[:1] == b"-") > 18:
+    digits = match.group(1)
+    if len(digits) - (digits[:1] == b"-") > 18:
         raise RowRejected(INT_RANGE, f"{name}={_short(p)}")
-    return float(int(p))
+    return float(int(digits))
 
 
 def _float(p: bytes, name: str) -> float | None:
@@ -173,7 +191,7 @@ def parse_line(schema: Schema, line: bytes | str) -> Row:
     for col, p in zip(schema.columns, parts, strict=True):
         kind = col.kind
         if kind == "label":
-            label = _label(p, libfm)
+            label = _label(p, libfm) if schema.label_rule is None else _ruled_label(schema.label_rule, p, col.name)
         elif kind == "categorical":
             if libfm:
                 ident, sep, _ = p.partition(b":")
@@ -292,6 +310,8 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
     fmt = FORMATS.get(schema.format)
     # The fast parsers read columns at fixed positions: a file whose header reorders them (rare) is parsed per row.
     fast = fmt.fast if fmt is not None and schema.positions is None else None
+    if fast is not None and schema.delimiter not in (None, chr(fast.delimiter)):  # e.g. Criteo as a header CSV
+        fast = None
     if fast is None or not buf:
         lines = buf.split(b"\n")[:-1]
         ok_idx, rows, rejected = _parse_rows(schema, lines, list(range(len(lines))))

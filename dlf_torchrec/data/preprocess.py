@@ -296,9 +296,9 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
     pass1_lines = 0
     cached: list[str] = []
     check = Rejections("fail") if cfg.bad_rows == "fail" else None
-    first_line = 2 if header_bytes(train_path, plan.schema) else 1
+    first_line = 2 if header_bytes(train_path, plan.file_schemas[0]) else 1
     with _progress(cfg.progress, None, "count") as bar:
-        jobs = file_chunks(train_path, 0, plan.schema, cfg.chunk_rows)
+        jobs = file_chunks(train_path, 0, plan.file_schemas[0], cfg.chunk_rows)
         for n_lines, rejected, counts, path in _run_jobs(jobs, lambda j: _count_job(plan, cache, j), _worker_count,
                                                          workers, (plan, None, cache)):
             if check is not None:
@@ -322,9 +322,10 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
     try:
         with _progress(cfg.progress, total, "write") as bar:
             for file_idx, (path, _) in enumerate(plan.files):
-                jobs: Iterator[Any] = iter(cached) if file_idx == 0 else file_chunks(path, file_idx, plan.schema,
+                layout = plan.file_schemas[file_idx]
+                jobs: Iterator[Any] = iter(cached) if file_idx == 0 else file_chunks(path, file_idx, layout,
                                                                                       cfg.chunk_rows)
-                line = 2 if header_bytes(path, plan.schema) else 1
+                line = 2 if header_bytes(path, layout) else 1
                 counts = _FileCounts(path, 0, Rejections(cfg.bad_rows))
                 for n_lines, rejected, parts in _run_jobs(jobs, lambda j: _transform_job(plan, vocabs, j),
                                                           _worker_transform, workers, (plan, vocabs, None)):

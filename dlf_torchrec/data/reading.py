@@ -8,7 +8,6 @@ gzip input is cut here into blocks of exactly ``chunk_rows`` lines. Scoring read
 
 from __future__ import annotations
 
-import codecs
 import collections
 import dataclasses
 import functools
@@ -23,7 +22,7 @@ from typing import IO, Any, TypeVar
 
 import numpy as np
 
-from dlf_torchrec.data.schema import Schema
+from dlf_torchrec.data.schema import Schema, line_names
 
 READ_BYTES = 16 << 20
 MAX_EXAMPLES = 10
@@ -137,9 +136,7 @@ def header_order(schema: Schema, line: bytes) -> Schema:
     Raises :class:`DataError` (one line, without the file name) when a schema column is missing from the header,
     or the header names a column the schema does not have, or names one twice.
     """
-    delim = schema.delimiter.encode() if schema.delimiter else None
-    fields = line.removeprefix(codecs.BOM_UTF8).rstrip(b"\r\n").split(delim)
-    names = [f.decode("utf-8", "replace").strip() for f in fields]
+    names = line_names(line, schema.delimiter)
     expected = [c.name for c in schema.columns]
     counts = collections.Counter(names)
     problems = [f"{what} {bad}" for what, bad in (
@@ -155,14 +152,47 @@ def header_order(schema: Schema, line: bytes) -> Schema:
 
 def file_schema(path: str, schema: Schema) -> Schema:
     """``schema`` as file ``path`` lays it out: columns in its header's order when it has a header line
-    (:func:`header_order`); a mismatched header is a :class:`DataError` naming the file."""
+    (:func:`header_order`); a mismatched header is a :class:`DataError` naming the file. A built-in format
+    (``header: auto``) also reads a header naming its columns under another common delimiter, and a file that is
+    neither its own layout nor that one fails with a hint to the csv schema (:func:`other_layout`)."""
     line = header_line(path, schema)
     if not line:
-        return schema
+        return other_layout(path, schema) if schema.header == "auto" else schema
     try:
         return header_order(schema, line)
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
+
+
+# Delimiters tried on the first line of a built-in format's file that does not split as the format says.
+DELIMITERS = "\t,;|"
+
+
+def other_layout(path: str, schema: Schema) -> Schema:
+    """For a file of a fixed-schema format whose first line is no header under its delimiter: ``schema`` with
+    another delimiter when the first line names its columns under that one; a :class:`DataError` with a hint to
+    ``format: csv`` when the first line is a header with other names or splits into the format's column count only
+    under another delimiter; else ``schema`` (a malformed first row is one bad row, as any other)."""
+    with open_input(path) as f:
+        first = f.readline()
+    expected = sorted(c.name for c in schema.columns)
+    others = [d for d in DELIMITERS if d != schema.delimiter]
+    for d in others:
+        if sorted(line_names(first, d)) == expected:
+            return header_order(dataclasses.replace(schema, delimiter=d, header=True), first)
+    hint = (f"format {schema.format} reads {schema.n_columns} {schema.delimiter!r}-separated columns named "
+            f"{', '.join(expected[:3])}, ...; read this file with format: csv and a dataset.schema "
+            f"(docs/data.md#format-csv)")
+    label = schema.label_index
+    for d in (schema.delimiter, *others):
+        names = line_names(first, d)
+        if len(names) == schema.n_columns and (names[label][:1].isalpha() or names[label][:1] == "_"):
+            raise DataError(f"{path}: the first line is a header ({', '.join(names[:3])}, ...) with other column "
+                            f"names; {hint}")
+    for d in others:
+        if len(line_names(first, d)) == schema.n_columns and schema.count_columns(first) != schema.n_columns:
+            raise DataError(f"{path}: the first line splits into {schema.n_columns} {d!r}-separated columns; {hint}")
+    return schema
 
 
 def first_nonblank_line(path: str) -> bytes:

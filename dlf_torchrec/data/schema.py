@@ -7,7 +7,10 @@ built in :mod:`dlf_torchrec.data.formats` (one module per format, one registry l
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +24,12 @@ class SchemaError(ValueError):
     """A bad schema or an unknown format; the message names the offending key."""
 
 
+def line_names(line: bytes, delimiter: str | None) -> list[str]:
+    """The names of a header ``line``: its fields, trimmed of spaces and of a UTF-8 byte-order mark."""
+    fields = line.removeprefix(codecs.BOM_UTF8).rstrip(b"\r\n").split(delimiter.encode() if delimiter else None)
+    return [f.decode("utf-8", "replace").strip() for f in fields]
+
+
 @dataclass(frozen=True)
 class Column:
     """One raw column. ``kind``: label | numeric (float) | int (integer, Criteo) | categorical (any token) |
@@ -30,15 +39,36 @@ class Column:
     kind: ColumnKind
 
 
+# Comparisons a threshold label rule may use (csv ``label: {column, rule: ">= 4"}``).
+LABEL_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How a label column's raw value becomes 0/1 (docs/data.md#label-rules): a threshold (``op``, ``threshold``:
+    label 1 where ``value op threshold`` holds, 0 where not) or a value map (``mapping``: raw bytes -> 0/1). Values
+    outside the rule (not a number; not in the map) reject the row."""
+
+    op: str = ""
+    threshold: float = 0.0
+    mapping: tuple[tuple[bytes, float], ...] = ()
+
+    def holds(self, value: float) -> bool:
+        return LABEL_OPS[self.op](value, self.threshold)
+
+
 @dataclass(frozen=True)
 class Schema:
     """Raw columns of one format and the output fields they produce.
 
     ``delimiter`` None means "any whitespace" (libFM). ``header``: True = first line of each file is a header,
-    "auto" = skipped when it starts with ``header_prefix``. Output fields: ``numeric_fields`` (numeric/int
+    "auto" = a first line that starts with ``header_prefix`` (when given) or names exactly the schema's columns,
+    in any order, is a header. Output fields: ``numeric_fields`` (numeric/int
     columns, file order) and ``categorical_fields`` (in output order; may include derived hour fields).
     ``positions``: for a file whose header lists the columns in another order, the file position of each column
     (None = file order is ``columns`` order; set by :func:`dlf_torchrec.data.reading.header_order`).
+    ``label_rule``: how the label column's values map to 0/1 (None: the values are ``0``/``1``).
     """
 
     format: str
@@ -48,6 +78,7 @@ class Schema:
     header: bool | Literal["auto"] = False
     header_prefix: bytes = b""
     positions: tuple[int, ...] | None = None
+    label_rule: LabelRule | None = None
 
     @property
     def n_columns(self) -> int:
@@ -70,7 +101,11 @@ class Schema:
         """Whether ``line`` (the first line of a file) is a header under this schema's header rule."""
         if self.header is True:
             return True
-        return self.header == "auto" and line.startswith(self.header_prefix)
+        if self.header != "auto":
+            return False
+        if self.header_prefix and line.startswith(self.header_prefix):
+            return True
+        return sorted(line_names(line, self.delimiter)) == sorted(c.name for c in self.columns)
 
     def without_label(self) -> Schema:
         """The variant for unlabelled input: the label column removed (rows parse with label 0, ignored)."""

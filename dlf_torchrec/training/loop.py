@@ -16,7 +16,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from tqdm import tqdm
 
-from dlf_torchrec.config import ExperimentConfig
+from dlf_torchrec.config import ConfigError, ExperimentConfig
 from dlf_torchrec.data.loader import make_dataloader
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.parallel import DistContext
@@ -81,6 +81,10 @@ class Trainer:
             raise ValueError(f"training.batch_size {tr.batch_size} is not divisible by world size {ctx.world_size}")
         self.batch_per_rank = tr.batch_size // ctx.world_size
         self.meta = DatasetMeta.load(data_dir)
+        fields = [f.name for f in self.meta.categorical]
+        if tr.group_auc_field is not None and tr.group_auc_field not in fields:
+            raise ConfigError(f"training.group_auc_field: {tr.group_auc_field!r} is not a categorical field of the "
+                              f"dataset (fields: {', '.join(fields)})")
         self.state = TrainerState()
         self._resumed = False
         self.checkpoint_dir = os.path.join(tr.output_dir, "checkpoints")
@@ -128,16 +132,19 @@ class Trainer:
         model = self.pipeline.detach()
         ckpt.average_norm_statistics(model)  # every rank evaluates the same model
         model.eval()
-        probs, labels = [], []
+        probs, labels, groups = [], [], []
+        group_field = self.cfg.training.group_auc_field
         loader = self._loader(split, for_eval=True)
         for batch in self._progress(loader, f"eval {split}", total=len(loader)):
             batch = batch.to(self.ctx.device)
+            if group_field is not None:  # the field's ids (one per row) identify the groups
+                groups.append(batch.sparse_features[group_field].values())
             _, (_, logits, batch_labels) = model(batch)
             probs.append(torch.sigmoid(logits.float()))
             labels.append(batch_labels)
         model.train()
-        p, y = gather_predictions(torch.cat(probs), torch.cat(labels))
-        return compute_metrics(p, y)
+        p, y, g = gather_predictions(torch.cat(probs), torch.cat(labels), torch.cat(groups) if groups else None)
+        return compute_metrics(p, y, g)
 
     def _score(self, metrics: dict[str, float]) -> float:
         return sum(w * metrics[k] for k, w in self.cfg.training.monitor.items())
@@ -160,7 +167,8 @@ class Trainer:
                        improved=improved, **metrics)
         if self.ctx.is_main:
             mark = " *" if improved else ""
-            tqdm.write(f"[epoch {st.epoch} step {st.global_step}] valid auc={metrics['auc']:.4f} "
+            gauc = f" gauc={metrics['gauc']:.4f}" if "gauc" in metrics else ""
+            tqdm.write(f"[epoch {st.epoch} step {st.global_step}] valid auc={metrics['auc']:.4f}{gauc} "
                        f"logloss={metrics['logloss']:.4f} score={score:.4f}{mark}")
 
     # ------------------------------------------------------------------ training

@@ -22,7 +22,7 @@ FILE = "run_fingerprint.json"
 RESUMABLE = (
     "training.epochs", "training.output_dir", "training.progress", "training.num_workers", "training.resume",
     "training.force_resume", "training.device", "training.cpu_allocator", "training.keep_checkpoints",
-    "training.checkpoint_every_steps", "training.evaluate_test",
+    "training.checkpoint_every_steps", "training.evaluate_test", "training.group_auc_field",
     "dataset.output_dir", "dataset.progress", "dataset.chunk_rows", "dataset.max_bad_fraction",
     # Any world size and plan reads the checkpoint (docs/reliability.md), so the sharding may change too.
     "sharding.",

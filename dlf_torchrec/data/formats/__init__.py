@@ -44,3 +44,9 @@ def schema_for(fmt: str, *, spec: Any = None, num_fields: int | None = None) -> 
     """The schema of format ``fmt``. ``spec``: the format's description (csv: a mapping or a YAML path);
     ``num_fields``: the field count of formats that have no fixed one (libFM; ignored by the others)."""
     return get_format(fmt).schema(spec, num_fields)
+
+
+def default_numeric(name: str) -> str:
+    """What ``dataset.numeric: auto`` means for format ``name``: ``bucketize`` or ``dense`` (docs/data.md)."""
+    fmt = FORMATS.get(name)
+    return fmt.numeric if fmt is not None else "bucketize"

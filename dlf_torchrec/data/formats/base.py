@@ -26,6 +26,7 @@ class Format:
             synthetic teacher's true probabilities per split).
         is_complete: preprocessed dir -> whether an existing dataset has everything ``finish`` adds (else it is
             generated and preprocessed again).
+        numeric: what ``dataset.numeric: auto`` (the default) means for this format's numeric columns.
     """
 
     name: str
@@ -36,3 +37,4 @@ class Format:
     generate: Callable[[Any], Any] | None = None
     finish: Callable[[Any, str], None] | None = None
     is_complete: Callable[[str], bool] | None = None
+    numeric: str = "bucketize"

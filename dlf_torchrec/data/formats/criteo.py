@@ -1,6 +1,8 @@
 """``criteo``: Kaggle Criteo TSV, ``label \\t I1..I13 \\t C1..C26`` (40 columns, no header).
 
-I-columns are integers (may be empty), C-columns 1-8 hex digits (may be empty).
+I-columns are integers (may be empty), C-columns 1-8 hex digits (may be empty). A first line naming the columns
+(``label``, ``I1``.., ``C1``.., any order; tab-, comma-, semicolon- or bar-separated) is a header
+(:func:`dlf_torchrec.data.reading.file_schema`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ CRITEO_CAT = tuple(f"C{i}" for i in range(1, 27))
 def criteo_schema() -> Schema:
     cols = (Column("label", "label"),) + tuple(Column(n, "int") for n in CRITEO_INT) + tuple(
         Column(n, "hex") for n in CRITEO_CAT)
-    return Schema("criteo", cols, CRITEO_CAT, delimiter="\t", header=False)
+    return Schema("criteo", cols, CRITEO_CAT, delimiter="\t", header="auto")
 
 
 def fast_criteo(f: Fields) -> FastResult:

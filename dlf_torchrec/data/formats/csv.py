@@ -2,7 +2,9 @@
 
       delimiter: ","        # one character, default ","
       header: true          # the first line of every file is a header, matched to columns by name; default false
-      label: click          # name of the label column (values 0/1)
+      label: click          # name of the label column (values 0/1), or a label rule (docs/data.md#label-rules):
+                            #   {column: rating, rule: ">= 4"}          1 where the number compares true, else 0
+                            #   {column: answer, map: {"yes": 1, "no": 0}}   listed values only
       columns:              # every column in file order
         - {name: click, type: label}
         - {name: user, type: categorical}
@@ -15,16 +17,57 @@ No vectorised parser: every line goes through the reference parser.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import yaml
 
 from dlf_torchrec import io
 from dlf_torchrec.data.formats.base import Format
-from dlf_torchrec.data.schema import Column, Schema, SchemaError
+from dlf_torchrec.data.schema import LABEL_OPS, Column, LabelRule, Schema, SchemaError
 
 _CSV_KEYS = ("delimiter", "header", "label", "columns")
 _CSV_TYPES = ("categorical", "numeric", "skip", "label")
+_RULE_RE = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*")
+
+
+def _threshold(rule: Any) -> LabelRule:
+    match = _RULE_RE.fullmatch(rule) if isinstance(rule, str) else None
+    if match is None:
+        raise SchemaError(f"schema.label.rule: expected '<op> <number>' (quoted in YAML) with op one of "
+                          f"{', '.join(LABEL_OPS)}, e.g. '>= 4'; got {rule!r}")
+    return LabelRule(op=match.group(1), threshold=float(match.group(2)))
+
+
+def _value_map(mapping: Any) -> LabelRule:
+    if not isinstance(mapping, dict) or not mapping:
+        raise SchemaError(f"schema.label.map: expected a mapping of raw values to 0/1, got {mapping!r}")
+    pairs: dict[bytes, float] = {}
+    for key, value in mapping.items():
+        if isinstance(key, bool) or not isinstance(key, str | int):
+            raise SchemaError(f"schema.label.map: key {key!r} is not a string (YAML reads yes/no/on/off/true/false "
+                              f"as booleans: quote them, e.g. \"yes\": 1)")
+        if isinstance(value, bool) or value not in (0, 1):
+            raise SchemaError(f"schema.label.map.{key}: expected 0 or 1, got {value!r}")
+        raw = str(key).encode("utf-8")
+        if raw in pairs:
+            raise SchemaError(f"schema.label.map: value {str(key)!r} given twice")
+        pairs[raw] = float(value)
+    if set(pairs.values()) != {0.0, 1.0}:
+        raise SchemaError(f"schema.label.map: needs values labelled 1 and values labelled 0, got {mapping!r}")
+    return LabelRule(mapping=tuple(pairs.items()))
+
+
+def _label(spec: Any) -> tuple[Any, LabelRule | None]:
+    """``schema.label`` -> (label column name, its rule or None); the name is checked by the caller."""
+    if not isinstance(spec, dict):
+        return spec, None
+    unknown = [k for k in spec if k not in ("column", "rule", "map")]
+    if unknown:
+        raise SchemaError(f"schema.label: unknown key(s) {unknown} (known: column, rule, map)")
+    if ("rule" in spec) == ("map" in spec):
+        raise SchemaError("schema.label: give exactly one of rule (e.g. '>= 4') or map (e.g. {\"yes\": 1, \"no\": 0})")
+    return spec.get("column"), _threshold(spec["rule"]) if "rule" in spec else _value_map(spec["map"])
 
 
 def csv_schema(spec: dict[str, Any] | str | os.PathLike[str]) -> Schema:
@@ -48,9 +91,10 @@ def csv_schema(spec: dict[str, Any] | str | os.PathLike[str]) -> Schema:
     header = spec.get("header", False)
     if not isinstance(header, bool):
         raise SchemaError(f"schema.header: expected true/false, got {header!r}")
-    label = spec.get("label")
-    if not isinstance(label, str):
-        raise SchemaError(f"schema.label: expected the label column's name, got {label!r}")
+    label, rule = _label(spec.get("label"))
+    if not isinstance(label, str) or not label:
+        key = "schema.label.column" if isinstance(spec.get("label"), dict) else "schema.label"
+        raise SchemaError(f"{key}: expected the label column's name, got {label!r}")
     raw_cols = spec.get("columns")
     if not isinstance(raw_cols, list) or not raw_cols:
         raise SchemaError("schema.columns: expected a non-empty list of {name, type}")
@@ -81,7 +125,7 @@ def csv_schema(spec: dict[str, Any] | str | os.PathLike[str]) -> Schema:
     cat = tuple(c.name for c in cols if c.kind == "categorical")
     if not cat and not any(c.kind == "numeric" for c in cols):
         raise SchemaError("schema.columns: no categorical or numeric feature column")
-    return Schema("csv", tuple(cols), cat, delimiter=delim, header=header)
+    return Schema("csv", tuple(cols), cat, delimiter=delim, header=header, label_rule=rule)
 
 
 def _schema(spec: Any, num_fields: int | None) -> Schema:
@@ -90,4 +134,4 @@ def _schema(spec: Any, num_fields: int | None) -> Schema:
     return csv_schema(spec)
 
 
-FORMAT = Format("csv", _schema)
+FORMAT = Format("csv", _schema, numeric="dense")
