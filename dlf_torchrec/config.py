@@ -10,8 +10,7 @@ An experiment YAML has six sections::
     training:  batch size, epochs, evaluation, early stopping, checkpoints, logging
 
 Unknown keys and wrong types raise :class:`ConfigError` naming the key (``training.batch_size: expected int,
-got str 'big'``). ``key.sub=value`` overrides (values parsed as YAML) are applied before validation.
-"""
+got str 'big'``). ``key.sub=value`` overrides (parsed as YAML) are applied before validation."""
 
 from __future__ import annotations
 
