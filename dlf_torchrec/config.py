@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,15 +25,14 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from dlf_torchrec.config_yaml import origin_of, read_config_tree
+from dlf_torchrec.errors import ConfigError
+
 T = TypeVar("T")
 
 # The configs the package itself needs ship inside it (no source checkout needed): docs/architecture.md#packaged-configs
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = PACKAGED_CONFIGS / "synthetic" / "dcnv2.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file and key."""
 
 
 @dataclass
@@ -401,82 +399,6 @@ def build_config(
     return cfg
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``top`` over ``base``: mappings merge key by key, anything else replaces. A ``model`` section naming
-    another model replaces the base's model section whole (its keys belong to another config class)."""
-    out = dict(base)
-    for key, value in top.items():
-        old = out.get(key)
-        same_model = key != "model" or not isinstance(old, dict) or not isinstance(value, dict) \
-            or value.get("name", old.get("name")) == old.get("name")
-        out[key] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) and same_model else value
-    return out
-
-
-def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in tree.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        keys.extend(_leaves(value, full) if isinstance(value, dict) and value else [full])
-    return keys
-
-
-def read_config_tree(path: Path, origins: dict[str, str] | None = None, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read an experiment YAML with its ``defaults:`` includes resolved.
-
-    ``defaults: [base.yaml, ...]`` (paths relative to the including file) are read first, in order, each with its
-    own includes, and merged; the file's own keys are merged last. ``origins`` (if given) receives, for every leaf
-    key, the file that set it last (for error messages).
-    """
-    path = path.resolve()
-    if path in _seen:
-        raise ConfigError(f"{path}: defaults: include cycle ({' -> '.join(str(p) for p in (*_seen, path))})")
-    if not path.exists():
-        raise ConfigError(f"{_seen[-1] if _seen else 'config'}: file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    includes = raw.pop("defaults", None) or []
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise ConfigError(f"{path}: defaults: expected a list of YAML paths, got {includes!r}")
-    _rebase_inputs(raw, path.parent)
-    tree: dict[str, Any] = {}
-    for include in includes:
-        tree = _merge(tree, read_config_tree(path.parent / include, origins, (*_seen, path)))
-    if origins is not None:
-        origins.update({key: str(path) for key in _leaves(raw)})
-    return _merge(tree, raw)
-
-
-def _rebase_inputs(raw: dict[str, Any], base: Path) -> None:
-    """Relative input paths set in a YAML file are relative to that file (command-line overrides: to the cwd)."""
-    dataset = raw.get("dataset")
-    for key in ("train", "valid", "test", "schema") if isinstance(dataset, dict) else ():
-        if isinstance(dataset.get(key), str) and dataset[key] and not os.path.isabs(dataset[key]):
-            dataset[key] = os.path.normpath(base / dataset[key])
-
-
-def _origin(message: str, origins: dict[str, str]) -> str | None:
-    """The file that set the key an error message starts with ("unknown key 'a.b'", "a.b[0]: ...")."""
-    match = re.match(r"(?:unknown key ')?([A-Za-z_][\w.]*)", message)
-    if not match:
-        return None
-    key = match.group(1)
-    while key:
-        if key in origins:
-            return origins[key]
-        found = [f for k, f in origins.items() if k.startswith(key + ".")]
-        if len(set(found)) == 1:
-            return found[0]
-        key = key.rpartition(".")[0]
-    return None
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None, validate_model: bool = True
 ) -> ExperimentConfig:
@@ -493,7 +415,7 @@ def load_config(
         cfg = build_config(raw, str(path), overrides, validate_model)
     except ConfigError as e:
         message = str(e).removeprefix(f"{path}: ")
-        origin = _origin(message, origins)
+        origin = origin_of(message, origins)
         if origin is None or Path(origin) == path.resolve():
             raise
         raise ConfigError(f"{origin} (included by {path}): {message}") from None
