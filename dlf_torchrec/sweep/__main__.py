@@ -16,7 +16,6 @@ directory: finished trials are not run again; the budget may be raised. Results:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -148,10 +147,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.dryrun:
         return dryrun(setup)
     check_same_sweep(setup, params)
-    from torchx.runner import get_runner
-
     from dlf_torchrec.sweep import report
-    from dlf_torchrec.sweep.study import SweepLoop, open_study
+    from dlf_torchrec.sweep.study import open_study
 
     study = open_study(setup)
 
@@ -169,32 +166,42 @@ def _sweep(args: argparse.Namespace) -> int:
 
         prepare_local_environment()
         ensure_preprocessed(base.dataset)  # once here, not by concurrent trials racing on the same directory
+    status = _run(setup, study, write_report, args.top_k, seeds)
+    if status == 0:
+        print(f"[sweep] done: {os.path.join(setup.sweep_dir, report.RESULTS_MD)}, "
+              f"{os.path.join(setup.sweep_dir, report.BEST_CONFIG)}")
+    return status
+
+
+def _run(setup: Any, study: Any, write_report: Any, top_k: int, seeds: list[int]) -> int:
+    """The trials (and seed runs) through one TorchX runner, closed on return (local runs still going are killed:
+    the next call continues them)."""
+    from torchx.runner import get_runner
+
+    from dlf_torchrec.sweep.study import SweepLoop
+
     with get_runner() as runner:
         loop = SweepLoop(setup, runner)
         loop.on_finish.append(lambda s: write_report())
         try:
             loop.run(study)
             write_report(final=True)
-            if args.top_k:
+            if top_k:
                 from dlf_torchrec.sweep.seeds import run_seeds
 
-                run_seeds(setup, study, runner, seeds, args.top_k)
+                run_seeds(setup, study, runner, seeds, top_k)
         except BaseException as e:  # Ctrl-C / SIGTERM (torchx's local scheduler raises SignalException)
             if isinstance(e, KeyboardInterrupt) or type(e).__name__ == "SignalException":
                 print(f"[sweep] interrupted: run the same command again to continue the sweep in {setup.sweep_dir}",
                       file=sys.stderr, flush=True)
                 return 130
             raise
-    print(f"[sweep] done: {os.path.join(setup.sweep_dir, report.RESULTS_MD)}, "
-          f"{os.path.join(setup.sweep_dir, report.BEST_CONFIG)}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    status = cli.run("sweep", lambda: _sweep(args), args.debug)
-    gc.collect()  # torchx's LocalScheduler cleans up in __del__, which fails if left to interpreter shutdown
-    return status
+    return cli.run("sweep", lambda: _sweep(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from typing import Any
 
 import optuna
@@ -94,10 +95,12 @@ def write_best_config(study: optuna.Study, space: SweepSpace, config: str, base_
 
 
 def importances(study: optuna.Study, space: SweepSpace) -> dict[str, float]:
-    """Optuna's parameter importances (fANOVA) over the complete trials; equal weights when they cannot be
-    computed (fewer than two complete trials, or no variation)."""
+    """Optuna's parameter importances (its default evaluator) over the complete trials; equal weights when they
+    cannot be computed (too few complete trials, or no variation)."""
     try:
-        return dict(optuna.importance.get_param_importances(study))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "too few trials": the equal weights are what we fall back to anyway
+            return dict(optuna.importance.get_param_importances(study))
     except Exception:
         return {p.key: 1.0 / len(space.params) for p in space.params}
 

@@ -150,6 +150,12 @@ class SweepLoop:
                     self.log(f"[sweep] trial {number}: its run ended without results; launching it again")
                     act.job = self._submit(act.trial, act.values, act.job.run_dir)
                     continue
+                if state == "failed" and act.job.handle is not None and launcher.lock_held(act.job.run_dir):
+                    # Relaunched while the killed sweep's run of it was still starting: that run holds the
+                    # directory (ours stopped on its run lock), so watch it instead.
+                    self.log(f"[sweep] trial {number}: an earlier launch of it holds its directory; watching it")
+                    act.job = Job(act.job.run_dir, None, act.job.started)
+                    continue
                 self._finish(study, act, state, error)
                 del active[number]
 
@@ -164,6 +170,8 @@ class SweepLoop:
         handle = self.runner.run(app, s.launch.scheduler, s.scheduler_cfg())
         trial.set_user_attr("run_dir", run_dir)
         trial.set_user_attr("app_handle", handle)
+        if "started_at" not in trial.user_attrs:  # wall time counts from the first launch, across sweep restarts
+            trial.set_user_attr("started_at", time.time())
         return Job(run_dir, handle)
 
     def _launch(self, study: optuna.Study, trial: optuna.trial.Trial, values: dict[str, Any]) -> Active | None:
@@ -220,7 +228,7 @@ class SweepLoop:
     def _finish(self, study: optuna.Study, act: Active, state: str, error: str | None) -> None:
         summary = run_summary(act.job.run_dir, self.setup.monitor)
         trial = act.trial
-        trial.set_user_attr("wall_s", round(time.time() - act.job.started, 1))
+        trial.set_user_attr("wall_s", round(time.time() - trial.user_attrs.get("started_at", act.job.started), 1))
         for key in ("epochs", "auc", "logloss", "gauc"):
             if summary.get(key) is not None:
                 trial.set_user_attr(key, summary[key])
