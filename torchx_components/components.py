@@ -1,18 +1,19 @@
 # ruff: noqa: UP006, UP007, UP035, UP045
 # TorchX parses component signatures by their AST and accepts only ``Optional``, ``Dict`` and ``List`` from typing
 # (not ``X | None`` / ``dict[...]``), so the pyupgrade rules are off for this file.
-"""TorchX components for dlf_torchrec: ``train``, ``preprocess`` and ``benchmark``.
+"""TorchX components for dlf_torchrec: ``train``, ``preprocess``, ``benchmark`` and ``sweep``.
 
 Run them by file path from the repository root (see docs/launching.md)::
 
     torchx run -s local_cwd torchx_components/components.py:train -j 1x2 --config configs/synthetic/dcnv2.yaml
     torchx run -s local_cwd torchx_components/components.py:preprocess --config configs/criteo/dcnv2.yaml
     torchx run -s local_cwd torchx_components/components.py:benchmark -- --world-sizes 1 2
+    torchx run -s local_cwd torchx_components/components.py:sweep --space sweep.yaml -- --scheduler slurm
     torchx run torchx_components/components.py:train --help
 
 ``train`` is a thin wrapper over the builtin ``dist.ddp`` (torchrun with c10d rendezvous on the first node), so every
-scheduler that runs ``dist.ddp`` runs it. ``preprocess`` and ``benchmark`` are single ``python`` processes
-(the benchmark spawns its own ranks).
+scheduler that runs ``dist.ddp`` runs it. ``preprocess``, ``benchmark`` and ``sweep`` are single ``python`` processes
+(the benchmark spawns its own ranks; the sweep launches each trial as a ``train`` job through TorchX).
 """
 
 from typing import Dict, List, Optional
@@ -24,6 +25,7 @@ from torchx.components.dist import ddp
 TRAIN_MODULE = "dlf_torchrec.train"
 PREPROCESS_MODULE = "dlf_torchrec.data.preprocess"
 BENCHMARK_SCRIPT = "benchmarks/throughput.py"
+SWEEP_MODULE = "dlf_torchrec.sweep"
 DEFAULT_CONFIG = "configs/synthetic/dcnv2.yaml"
 
 NCCL_ENV_DEFAULTS: Dict[str, str] = {
@@ -230,3 +232,47 @@ def benchmark(
     """
     return single_process_app(name, "benchmark", [script, *script_args], image, cpu, gpu, memMB, h, env, mounts,
                               max_retries)
+
+
+def sweep(
+    *sweep_args: str,
+    config: str = DEFAULT_CONFIG,
+    space: str = "sweep.yaml",
+    image: str = torchx.IMAGE,
+    name: str = "dlf-sweep",
+    cpu: int = 1,
+    memMB: int = 4096,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
+    max_retries: int = 0,
+) -> specs.AppDef:
+    """
+    Runs a hyper-parameter sweep driver: one ``python -m dlf_torchrec.sweep`` process that launches every trial as
+    a ``train`` job through TorchX (``--scheduler``, local_cwd by default) and keeps its state in its ``--dir``.
+
+    The driver is light (it waits on its trials); give the trials' resources with the sweep's own options after
+    ``--`` (-j, --cpu, --gpu, --memMB, --scheduler-cfg). Its directory and the trials' output directories must be on
+    a filesystem the driver and the trials share. A retried or restarted driver continues the sweep.
+
+    Usage: torchx run -s local_cwd torchx_components/components.py:sweep --space sweep.yaml
+    --config configs/frappe/dcnv2.yaml -- --dir runs/sweeps/frappe_dcnv2
+    Usage: torchx run -s slurm -cfg partition=cpu torchx_components/components.py:sweep --space sweep.yaml
+    -- --scheduler slurm --scheduler-cfg partition=gpu -j 1x8 --gpu 8 --dir /shared/sweeps/criteo
+
+    Args:
+        sweep_args: options and overrides of ``python -m dlf_torchrec.sweep`` (``--dir``, ``--scheduler``, ``-j``,
+            ``--trials``, ``--top-k``, ``--seeds``, ``key=value``...); put ``--`` before them
+        config: base experiment YAML of every trial
+        space: sweep file (params, sampler, trials, concurrency, pruner)
+        image: image (docker/k8s) or working directory (local_cwd, slurm) the driver runs in
+        name: job name
+        cpu: CPUs of the driver; ignored if ``h`` is given
+        memMB: host memory of the driver in MB; ignored if ``h`` is given
+        h: a registered named resource for the driver
+        env: environment variables of the driver
+        mounts: mounts into the driver's container, e.g. type=bind,src=/shared,dst=/shared
+        max_retries: scheduler retries of the driver (a restarted driver continues the sweep)
+    """
+    return single_process_app(name, "sweep", ["-m", SWEEP_MODULE, "--config", config, "--space", space, *sweep_args],
+                              image, cpu, 0, memMB, h, env, mounts, max_retries)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,11 +24,18 @@ from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training import checkpoint as ckpt
 from dlf_torchrec.training.metrics import compute_metrics, gather_predictions, json_safe
 from dlf_torchrec.training.stack import TrainingStack
-from dlf_torchrec.training.task import scale_learning_rates
+from dlf_torchrec.training.task import learning_rates, scale_learning_rates
+from dlf_torchrec.training.tracking import RunTracker
 
 # No tqdm monitor thread: DataLoader workers are forked at every epoch and evaluation, and a fork taken while another
 # thread holds a lock can leave the child hung (seen once in CI: an evaluation worker stuck right after fork).
 tqdm.monitor_interval = 0
+
+# A file of this name in training.output_dir stops the run cleanly at its next check (every STOP_CHECK_STEPS steps
+# and after each evaluation): like an early stop, the best checkpoint is restored and results.json written. The sweep
+# prunes trials this way (dlf_torchrec/sweep); a person can too: `touch runs/x/STOP`.
+STOP_FILE = "STOP"
+STOP_CHECK_STEPS = 50
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,17 +65,24 @@ class TrainerState:
 
 
 class MetricsLog:
-    """JSON-lines log of train/eval/checkpoint events (rank 0 only)."""
+    """JSON-lines log of train/eval/checkpoint events (rank 0 only), mirrored to TensorBoard event files in the same
+    directory (:mod:`~dlf_torchrec.training.tracking`); :meth:`close` also draws ``curves.png``."""
 
     def __init__(self, path: str, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
         if enabled:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.tracker = RunTracker(os.path.dirname(path) or ".", enabled)
 
     def write(self, **record: Any) -> None:
         if self.enabled:
+            record = json_safe({"time": round(time.time(), 3), **record})
             with open(self.path, "a") as f:
-                f.write(json.dumps(json_safe({"time": round(time.time(), 3), **record}), allow_nan=False) + "\n")
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+            self.tracker.record(record)
+
+    def close(self) -> None:
+        self.tracker.close()
 
 
 class Trainer:
@@ -160,9 +175,10 @@ class Trainer:
         else:
             st.bad_evals += 1
             lrs = scale_learning_rates(self.optimizer, tr.lr_decay_factor, tr.min_lr)
-            self.log.write(event="lr_decay", step=st.global_step, lrs=lrs)
+            self.log.write(event="lr_decay", step=st.global_step, lrs=lrs, lr=learning_rates(self.optimizer))
             if st.bad_evals >= tr.early_stop_patience:
                 st.stopped_early = True
+        self._check_stop()
         self.log.write(event="eval", split="valid", epoch=st.epoch, step=st.global_step, score=score,
                        improved=improved, **metrics)
         if self.ctx.is_main:
@@ -199,11 +215,30 @@ class Trainer:
                 self.pipeline.attach(self.dmp)
                 if st.stopped_early:
                     break
+            elif st.global_step % STOP_CHECK_STEPS == 0 and self._check_stop():
+                break
             if tr.checkpoint_every_steps and st.global_step % tr.checkpoint_every_steps == 0:
                 self._save_periodic()
         elapsed = time.perf_counter() - t0
         self.log.write(event="train_epoch", epoch=st.epoch, step=st.global_step, loss=loss_sum / max(loss_n, 1),
-                       samples_per_s=rows * self.ctx.world_size / max(elapsed, 1e-9))
+                       samples_per_s=rows * self.ctx.world_size / max(elapsed, 1e-9), lr=learning_rates(self.optimizer))
+
+    def _check_stop(self) -> bool:
+        """Whether a stop was requested (:data:`STOP_FILE`; rank 0 looks, every rank gets its answer); if so the run
+        ends like an early stop, and the file is removed."""
+        path = os.path.join(self.cfg.training.output_dir, STOP_FILE)
+        flag = [self.ctx.is_main and os.path.exists(path)]
+        if self.ctx.world_size > 1:
+            torch.distributed.broadcast_object_list(flag, src=0)
+        if flag[0] and not self.state.stopped_early:
+            self.state.stopped_early = True
+            self.log.write(event="stop", reason=f"{STOP_FILE} file", epoch=self.state.epoch,
+                           step=self.state.global_step)
+            if self.ctx.is_main:
+                tqdm.write(f"[dlf_torchrec] stop requested ({path}): finishing like an early stop")
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        return bool(flag[0])
 
     @property
     def finished(self) -> bool:
@@ -212,6 +247,12 @@ class Trainer:
 
     def fit(self) -> dict[str, dict[str, float]]:
         """Train until epochs or early stop; restore the best checkpoint; return its valid (and test) metrics."""
+        try:
+            return self._fit()
+        finally:
+            self.log.close()
+
+    def _fit(self) -> dict[str, dict[str, float]]:
         tr = self.cfg.training
         self.resume()
         st = self.state

@@ -15,9 +15,12 @@ The synthetic generator draws every label from a known teacher and keeps each ro
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -59,6 +62,28 @@ def lr_baseline(cfg: ExperimentConfig, ctx: DistContext, data_dir: str, results:
     if cfg.model_name == "lr":
         return results
     lr = lr_config(cfg)
+    # Concurrent runs on one dataset (a sweep's trials) train it once: the others' rank 0 waits here, then reads
+    # the cache. Only rank 0 takes the lock; the other ranks wait in the broadcast below.
+    with _exclusive(lr.training.output_dir + ".lock" if ctx.is_main else None):
+        return _lr_baseline(lr, ctx, data_dir)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str | None) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_path`` (blocking) for the block; nothing when None."""
+    if lock_path is None:
+        yield
+        return
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _lr_baseline(lr: ExperimentConfig, ctx: DistContext, data_dir: str) -> Results:
     key = json.loads(json.dumps({"config": lr.to_dict(), "meta": asdict(DatasetMeta.load(data_dir))}))
     path = os.path.join(lr.training.output_dir, BASELINE_FILE)
     cached: list[Any] = [None]

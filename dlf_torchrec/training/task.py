@@ -85,3 +85,18 @@ def scale_learning_rates(optimizer: Any, factor: float, min_lr: float) -> list[f
         group["lr"] = max(group["lr"] * factor, min_lr)
         lrs.append(group["lr"])
     return lrs
+
+
+# What each optimiser of build_optimizer's CombinedOptimizer trains, in its order.
+OPTIMIZER_ROLES = ("sparse", "dense", "tables")
+
+
+def learning_rates(optimizer: Any) -> dict[str, float]:
+    """The current lr of each optimiser of :func:`build_optimizer` by role (``sparse``: fused tables, ``dense``:
+    the network, ``tables``: dense-kernel tables); the first param group's lr stands for the optimiser."""
+    out = {}
+    for i, (_, opt) in enumerate(getattr(optimizer, "optimizers", [])):
+        groups = list(opt.param_groups)
+        if groups:
+            out[OPTIMIZER_ROLES[i] if i < len(OPTIMIZER_ROLES) else f"opt{i}"] = float(groups[0]["lr"])
+    return out
