@@ -82,6 +82,23 @@ class Teacher:
         self.zipf_cdf = [np.cumsum((np.arange(c) + 1.0) ** -ZIPF) for c in CARDINALITIES]
         self.bias = 0.0
 
+    def logit_parts(self, ints: np.ndarray, idx: np.ndarray, missing: np.ndarray) -> dict[str, np.ndarray]:
+        """The teacher's logit (without bias) split into its terms, each [n]: ``first order`` (all fields' per-token
+        weights), one ``Ca x Cb`` entry per interacting pair (1-based Criteo column names) and ``numeric``. Their sum,
+        in this order, is the logit :meth:`sample` draws labels from. ``ints``: int64 min = missing."""
+        first = np.zeros(len(idx))
+        for j, w in self.first.items():
+            first += np.where(missing[:, j], 0.0, w[idx[:, j]])
+        parts = {"first order": first}
+        for a, b, lam in PAIRS:
+            dot = np.einsum("nk,nk->n", self.latent[a][idx[:, a]], self.latent[b][idx[:, b]])
+            term = np.where(missing[:, a] | missing[:, b], 0.0, lam * dot / np.sqrt(LATENT_DIM))
+            parts[f"C{a + 1} x C{b + 1}"] = term
+        nan = np.iinfo(np.int64).min
+        l1, l3 = (np.where(ints[:, c] == nan, 0.0, np.log1p(np.maximum(ints[:, c], 0))) for c in (0, 2))
+        parts["numeric"] = 0.35 * (l1 - 1.3) - 0.25 * (l3 - 1.3)
+        return parts
+
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """-> (logit without bias [n], ints int64 [n, 13] (int64 min = missing), token idx int64 [n, 26],
         missing bool [n, 26])."""
@@ -92,16 +109,10 @@ class Teacher:
         ints = np.floor(np.exp(rng.normal(1.5, 1.6, (n, 13)))).astype(np.int64) - 1
         ints[:, 1] -= 2  # I2 has negatives like Criteo
         ints_missing = rng.random((n, 13)) < np.linspace(0.02, 0.4, 13)
-        logit = np.zeros(n)
-        for j, w in self.first.items():
-            logit += np.where(missing[:, j], 0.0, w[idx[:, j]])
-        for a, b, lam in PAIRS:
-            dot = np.einsum("nk,nk->n", self.latent[a][idx[:, a]], self.latent[b][idx[:, b]])
-            logit += np.where(missing[:, a] | missing[:, b], 0.0, lam * dot / np.sqrt(LATENT_DIM))
-        l1 = np.where(ints_missing[:, 0], 0.0, np.log1p(np.maximum(ints[:, 0], 0)))
-        l3 = np.where(ints_missing[:, 2], 0.0, np.log1p(np.maximum(ints[:, 2], 0)))
-        logit += 0.35 * (l1 - 1.3) - 0.25 * (l3 - 1.3)
         ints = np.where(ints_missing, np.iinfo(np.int64).min, ints)
+        logit = np.zeros(n)
+        for part in self.logit_parts(ints, idx, missing).values():
+            logit += part
         return logit, ints, idx, missing
 
 
@@ -173,6 +184,17 @@ def generate_criteo_tsv(path: str | os.PathLike[str], rows: int, seed: int) -> s
     return path
 
 
+def line_splits(tsv: str, ratios: list[float], split_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which split (index into :data:`~dlf_torchrec.data.splits.SPLITS`) the preprocessor assigns each line of the
+    generated ``tsv`` to: (split int [lines], the file's bytes, line start offsets int64 [lines])."""
+    from dlf_torchrec.data.splits import check_ratios, content_ends, random_splits
+
+    buf = np.fromfile(tsv, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == ord("\n"))
+    starts = np.concatenate([[0], newlines[:-1] + 1]).astype(np.int64)
+    return random_splits(check_ratios(ratios), split_seed, buf, starts, content_ends(buf, starts)), buf, starts
+
+
 def write_split_probabilities(data_dir: str, tsv: str, ratios: list[float], split_seed: int) -> None:
     """Write ``<split>/prob.bin`` (float32 [rows], the preprocessed split's row order) for every split of the
     preprocessed ``data_dir`` built from the generated ``tsv``.
@@ -184,12 +206,9 @@ def write_split_probabilities(data_dir: str, tsv: str, ratios: list[float], spli
     """
     from dlf_torchrec.data.meta import DatasetMeta
     from dlf_torchrec.data.shards import open_split
-    from dlf_torchrec.data.splits import SPLITS, check_ratios, content_ends, random_splits
+    from dlf_torchrec.data.splits import SPLITS
 
-    buf = np.fromfile(tsv, dtype=np.uint8)
-    newlines = np.flatnonzero(buf == ord("\n"))
-    starts = np.concatenate([[0], newlines[:-1] + 1]).astype(np.int64)
-    split = random_splits(check_ratios(ratios), split_seed, buf, starts, content_ends(buf, starts))
+    split, buf, starts = line_splits(tsv, ratios, split_seed)
     labels = (buf[starts] - ord("0")).astype(np.float32)
     probs = np.load(prob_path(tsv))
     if len(probs) != len(starts):

@@ -13,7 +13,8 @@ from dlf_torchrec.data.formats import criteo
 from dlf_torchrec.data.formats.base import Format
 
 
-def _raw(cfg: Any) -> str:
+def raw_path(cfg: Any) -> str:
+    """The generated raw TSV of dataset config ``cfg``."""
     return os.path.join(cfg.output_dir, "raw", "train.tsv")
 
 
@@ -22,14 +23,14 @@ def generate(cfg: Any) -> Any:
     from dlf_torchrec.data.synthetic import generate_criteo_tsv
 
     shutil.rmtree(os.path.join(cfg.output_dir, "baselines"), ignore_errors=True)  # trained on the old data
-    generate_criteo_tsv(_raw(cfg), cfg.synthetic_rows, cfg.synthetic_seed)
-    return dataclasses.replace(cfg, train=_raw(cfg), valid=None, test=None)
+    generate_criteo_tsv(raw_path(cfg), cfg.synthetic_rows, cfg.synthetic_seed)
+    return dataclasses.replace(cfg, train=raw_path(cfg), valid=None, test=None)
 
 
 def finish(cfg: Any, data_dir: str) -> None:
     from dlf_torchrec.data.synthetic import write_split_probabilities
 
-    write_split_probabilities(data_dir, _raw(cfg), cfg.split, cfg.split_seed)
+    write_split_probabilities(data_dir, raw_path(cfg), cfg.split, cfg.split_seed)
 
 
 def is_complete(data_dir: str) -> bool:
