@@ -28,7 +28,8 @@ def kjt_inputs(spec: FeatureSpec, sparse: torch.Tensor, bag_lengths: torch.Tenso
         sparse: ids int64 [B, F] of the categorical fields.
         bag_lengths: items int [B, S] per sample and bag field (None when the spec has no bag fields).
         bag_values: ids int64 [T], key-major (bag field 0's items of every sample, then field 1's, ...).
-        bag_weights: item weights float32 [T] (1 for unweighted bags); only read when ``spec.weighted``.
+        bag_weights: item weights float32 [T] (those of unweighted bag fields are ignored); only read when
+            ``spec.weighted``.
     """
     ids = sparse.t().reshape(-1)
     ones = torch.ones(ids.numel(), dtype=torch.int32, device=ids.device)
@@ -41,11 +42,15 @@ def kjt_inputs(spec: FeatureSpec, sparse: torch.Tensor, bag_lengths: torch.Tenso
     if not spec.weighted:
         return values, lengths, None
     assert bag_weights is not None, "the spec has weighted bag fields: pass the item weights"
-    mean = torch.tensor([b.pooling == "mean" for b in spec.bags], device=ids.device)
-    # per bag: 1 / its length for mean pooling, else 1; spread over the bag's items
-    scale = torch.where(mean.view(-1, 1), 1.0 / bag_lengths.t().clamp(min=1).float(), 1.0).reshape(-1)
-    item_scale = torch.repeat_interleave(scale, per_bag.to(torch.int64), output_size=bag_values.shape[0])
-    weights = torch.cat([ones.float(), bag_weights.float() * item_scale])
+    mean = torch.tensor([b.pooling == "mean" for b in spec.bags], device=ids.device).view(-1, 1)
+    weighted = torch.tensor([b.weighted for b in spec.bags], device=ids.device).view(-1, 1)
+    # per bag: 1 / its length for mean pooling, else 1; spread over the bag's items (unweighted fields' weights: 1)
+    scale = torch.where(mean, 1.0 / bag_lengths.t().clamp(min=1).float(), 1.0).reshape(-1)
+    keep = weighted.expand(-1, bag_lengths.shape[0]).reshape(-1)
+    repeats, items = per_bag.to(torch.int64), bag_values.shape[0]
+    item_scale = torch.repeat_interleave(scale, repeats, output_size=items)
+    item_keep = torch.repeat_interleave(keep, repeats, output_size=items)
+    weights = torch.cat([ones.float(), torch.where(item_keep, bag_weights.float(), 1.0) * item_scale])
     return values, lengths, weights
 
 
