@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/multivalued.py                    # 40k rows, 3 epochs, DNN; ~2 min on 2 cores
+    .venv/bin/python benchmarks/multivalued.py                    # 40k rows, 3 epochs, DNN; ~8 min on 2 shared cores
     .venv/bin/python benchmarks/multivalued.py --rows 4000 --epochs 1 --out /tmp/mv   # smoke run
 
 The generated CSV (:func:`write_rows`): ``clk,user,item,history,tags,price``. Each of ``items`` item ids has a hidden

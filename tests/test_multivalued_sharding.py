@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 from distributed import run_ranks
+from test_resharding import _step
 from test_sharding import _copy_into_sharded
 from torchrec.datasets.utils import Batch
 
@@ -95,11 +96,7 @@ def _checkpoint_round_trip(ckpt_dir: str, sharding_type: str) -> dict:
     batches = [bag_batch(WEIGHTED, 10 * s + ctx.rank) for s in range(4)]
 
     def step(batch: Batch) -> float:
-        optimizer.zero_grad()
-        loss, _ = dmp(batch)
-        loss.backward()
-        optimizer.step()
-        return float(loss)
+        return _step(dmp, optimizer, batch)
 
     step(batches[0])
     step(batches[1])
