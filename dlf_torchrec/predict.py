@@ -143,7 +143,7 @@ def score_stream(run: Run, model: nn.Module, lines: Iterator[bytes], out: IO[str
         for chunk in line_chunks(itertools.chain(head, lines), opts.batch_size, first_line):
             ok_idx, sparse, dense, rejected, bags = encoder.encode(chunk.lines)
             bad.add(name, chunk.first_line, rejected)
-            oov.add(sparse)
+            oov.add(sparse, bags)
             probs = np.full(len(chunk.lines), np.nan, dtype=np.float64)
             probs[ok_idx] = predict_proba(model, run.meta.feature_spec, dense, sparse, bags)
             ids = id_values(chunk.lines, schema, id_col) if id_col is not None else None

@@ -199,3 +199,13 @@ def test_predict_and_export_equal_the_trainers_model(bag_run: tuple[Path, dict[s
         exported = module(torch.from_numpy(np.array(arr.dense)), torch.from_numpy(np.array(arr.sparse, np.int64)),
                           torch.from_numpy(lengths), torch.from_numpy(values), torch.from_numpy(weights))
     np.testing.assert_allclose(exported.numpy(), probs, rtol=0, atol=1e-6)
+
+
+def test_oov_rates_of_bag_fields_are_per_item() -> None:
+    from dlf_torchrec.data.shards import Bags
+    from dlf_torchrec.oov import OovCounter
+
+    counter = OovCounter(["item", "hist"], np.array([4, 9]), None, bags=1)
+    counter.add(np.array([[4], [1], [2], [4]]), [Bags(np.array([3, 0, 1, 0]), np.array([9, 1, 9, 2]))])
+    np.testing.assert_allclose(counter.rates, [0.5, 0.5])  # 2 of 4 rows; 2 of 4 items (empty bags count nothing)
+    assert counter.report(0.5)["fields"]["hist"]["oov"] == 2
