@@ -30,7 +30,7 @@ UNWEIGHTED = FeatureSpec(categorical=CATEGORICAL, dense=("price",), bags=(HIST, 
 WEIGHTED = FeatureSpec(categorical=CATEGORICAL, dense=("price",),
                        bags=(HIST, BagField("tags", 25, "tags", "sum", weighted=True)))
 SPECS = {"unweighted": UNWEIGHTED, "weighted": WEIGHTED}
-TYPES = ["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise", "grid_shard"]
+TYPES = ["table_wise", "column_wise", "row_wise", "table_row_wise", "table_column_wise", "grid_shard", "data_parallel"]
 DIM, BATCH_PER_RANK = 8, 12
 
 
