@@ -6,7 +6,10 @@ Usage::
 
 The file holds a module ``(dense float32 [B, num_dense], sparse int64 [B, num_categorical]) -> probabilities
 float32 [B]`` (``sparse``: one vocabulary id per categorical field, columns in ``meta.json`` order, ids from
-``vocab.json`` with 0 = PAD and vocab_size - 1 = OOV; ``num_dense`` may be 0, then pass a [B, 0] tensor), plus extra
+``vocab.json`` with 0 = PAD and vocab_size - 1 = OOV; ``num_dense`` may be 0, then pass a [B, 0] tensor); a dataset
+with bag (multi-valued) fields takes three more inputs, ``bag_lengths`` int64 [B, num_bags] (items per sample and
+bag field), ``bag_values`` int64 [T] (the ids of bag field 0 for every sample, then field 1's, ...; T = the sum of
+``bag_lengths``) and ``bag_weights`` float32 [T] (the item weights, 1 for unweighted fields), plus extra
 files ``vocab.json``, ``meta.json``, ``config.yaml`` and ``serving.json`` (the interface: field names, vocab sizes,
 numeric transform), so that raw rows can be mapped to ids without the training tree.
 
@@ -36,8 +39,9 @@ import yaml
 from torch import nn
 
 from dlf_torchrec import cli, io
-from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE
-from dlf_torchrec.run import Run, load_model, load_run, to_kjt
+from dlf_torchrec.data.jagged import batch_kjt
+from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, FeatureSpec
+from dlf_torchrec.run import Run, load_model, load_run
 
 EXTRA_FILES = ("vocab.json", "meta.json", "config.yaml", "serving.json")
 SERVING_VERSION = 1
@@ -48,26 +52,35 @@ class ExportError(RuntimeError):
 
 
 class ServingModule(nn.Module):
-    """Plain-tensor interface: ``(dense [B, D] float32, sparse [B, F] int64) -> probabilities [B] float32``."""
+    """Plain-tensor interface: ``(dense [B, D] float32, sparse [B, F] int64[, bag_lengths [B, S] int64, bag_values
+    [T] int64, bag_weights [T] float32]) -> probabilities [B] float32``."""
 
-    def __init__(self, model: nn.Module, keys: list[str]) -> None:
+    def __init__(self, model: nn.Module, spec: FeatureSpec) -> None:
         super().__init__()
         self.model = model
-        self.keys = keys
+        self.spec = spec
 
-    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(dense, to_kjt(sparse, self.keys)).logits.float())
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor, bag_lengths: torch.Tensor | None = None,
+                bag_values: torch.Tensor | None = None, bag_weights: torch.Tensor | None = None) -> torch.Tensor:
+        kjt = batch_kjt(self.spec, sparse, bag_lengths, bag_values, bag_weights)
+        return torch.sigmoid(self.model(dense, kjt).logits.float())
 
 
 def serving_module(run: Run) -> ServingModule:
     """The run's checkpoint as an eval-mode :class:`ServingModule` on CPU."""
-    return ServingModule(load_model(run), run.keys).eval()
+    return ServingModule(load_model(run), run.meta.feature_spec).eval()
 
 
-def example_inputs(run: Run, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Valid example inputs: dense zeros [B, D] and id 1 in every field (always a valid id: 1 <= vocab_size - 1)."""
-    return (torch.zeros(batch, len(run.meta.dense), dtype=torch.float32),
-            torch.ones(batch, len(run.meta.categorical), dtype=torch.int64))
+def example_inputs(run: Run, batch: int) -> tuple[torch.Tensor, ...]:
+    """Valid example inputs: dense zeros [B, D] and id 1 in every field (always a valid id: 1 <= vocab_size - 1);
+    with bag fields, bags of 2 items (id 1, weight 1) per sample."""
+    inputs: tuple[torch.Tensor, ...] = (torch.zeros(batch, len(run.meta.dense), dtype=torch.float32),
+                                        torch.ones(batch, len(run.meta.categorical), dtype=torch.int64))
+    if run.meta.bags:
+        items = 2 * batch * len(run.meta.bags)
+        inputs += (torch.full((batch, len(run.meta.bags)), 2, dtype=torch.int64), torch.ones(items, dtype=torch.int64),
+                   torch.ones(items, dtype=torch.float32))
+    return inputs
 
 
 def interface(run: Run, fmt: str) -> dict[str, Any]:
@@ -81,6 +94,14 @@ def interface(run: Run, fmt: str) -> dict[str, Any]:
                        "fields": [f.name for f in run.meta.categorical],
                        "vocab_sizes": [f.vocab_size for f in run.meta.categorical],
                        "pad_id": 0, "oov_id": "vocab_size - 1"},
+            **({"bags": {"lengths": {"dtype": "int64", "shape": ["B", len(run.meta.bags)]},
+                         "values": {"dtype": "int64", "shape": ["T"], "order": "field-major, sample after sample"},
+                         "weights": {"dtype": "float32", "shape": ["T"], "unweighted_fields": 1.0},
+                         "fields": [b.name for b in run.meta.bags],
+                         "tables": [b.table for b in run.meta.bags],
+                         "vocab_sizes": [b.vocab_size for b in run.meta.bags],
+                         "pooling": [b.pooling for b in run.meta.bags],
+                         "weighted": [b.weighted for b in run.meta.bags]}} if run.meta.bags else {}),
         },
         "output": {"dtype": "float32", "shape": ["B"], "meaning": "click probability (sigmoid of the logit)"},
         "raw_format": run.source_format,
@@ -100,7 +121,11 @@ def extra_files(run: Run, fmt: str) -> dict[str, str]:
 def export_program(module: ServingModule, run: Run) -> torch.export.ExportedProgram:
     """``torch.export`` with a dynamic batch dimension (any B >= 1)."""
     batch = torch.export.Dim("batch", min=1)
-    return torch.export.export(module, example_inputs(run, 4), dynamic_shapes=({0: batch}, {0: batch}))
+    shapes: tuple[dict[int, Any], ...] = ({0: batch}, {0: batch})
+    if run.meta.bags:
+        items = torch.export.Dim("items", min=0)
+        shapes += ({0: batch}, {0: items}, {0: items})
+    return torch.export.export(module, example_inputs(run, 4), dynamic_shapes=shapes)
 
 
 def script_module(module: ServingModule, run: Run) -> torch.jit.ScriptModule:

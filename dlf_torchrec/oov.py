@@ -10,7 +10,8 @@ with the same rate on a reference split of the preprocessed dataset (``valid``, 
 :data:`REFERENCE_ROWS` rows, read in evenly spaced blocks). A field is flagged when its *excess*
 ``(rate - reference) / (1 - reference)`` is above the threshold: the share of the values the model would know on
 data like the training data that are unknown here (1.0 when every token is new). Without a reference split (its
-files were deleted) the excess is the rate itself.
+files were deleted) the excess is the rate itself. A bag (multi-valued) field's rate is per item: its OOV items over
+its items.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dlf_torchrec import io
-from dlf_torchrec.data.shards import open_split
+from dlf_torchrec.data.shards import Bags, open_split
 from dlf_torchrec.run import Run
 
 # Rows of the reference split read for its OOV rates, and the number of evenly spaced blocks they come in.
@@ -42,8 +43,9 @@ class Reference:
 
 
 def oov_ids(run: Run) -> np.ndarray:
-    """The OOV id of each categorical field, int64 [F] (model input order)."""
-    return np.array([f.vocab_size - 1 for f in run.meta.categorical], dtype=np.int64)
+    """The OOV id of each categorical field, then of each bag field, int64 [F + S] (model input order)."""
+    return np.array([f.vocab_size - 1 for f in run.meta.categorical] + [b.vocab_size - 1 for b in run.meta.bags],
+                    dtype=np.int64)
 
 
 def reference_blocks(n: int, rows: int, blocks: int) -> list[tuple[int, int]]:
@@ -59,15 +61,21 @@ def reference_rates(run: Run, rows: int = REFERENCE_ROWS) -> Reference | None:
     """OOV rates of the run's ``valid`` split (else ``train``), or None when its files cannot be read."""
     split = "valid" if "valid" in run.meta.splits else "train"
     try:
-        sparse = open_split(run.data_dir, split, run.meta).sparse
+        arrays = open_split(run.data_dir, split, run.meta)
     except (OSError, ValueError, KeyError):
         return None
+    sparse, n_cat = arrays.sparse, len(run.meta.categorical)
     oov = oov_ids(run).astype(np.int32)
-    counts, seen = np.zeros(len(oov), dtype=np.int64), 0
+    counts, totals = np.zeros(len(oov), dtype=np.int64), np.zeros(len(oov), dtype=np.int64)
     for start, stop in reference_blocks(len(sparse), rows, REFERENCE_BLOCKS):
-        counts += (np.asarray(sparse[start:stop]) == oov).sum(axis=0)
-        seen += stop - start
-    return Reference(split, seen, counts / seen) if seen else None
+        counts[:n_cat] += (np.asarray(sparse[start:stop]) == oov[:n_cat]).sum(axis=0)
+        totals[:n_cat] += stop - start
+        for j, (offsets, values, _) in enumerate(arrays.bags):
+            items = np.asarray(values[offsets[start]:offsets[stop]])
+            counts[n_cat + j] += int((items == oov[n_cat + j]).sum())
+            totals[n_cat + j] += len(items)
+    seen = int(totals[0]) if n_cat else len(sparse)
+    return Reference(split, seen, counts / np.maximum(totals, 1)) if seen else None
 
 
 def excess(rates: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
@@ -89,23 +97,30 @@ def pct(x: float) -> str:
 class OovCounter:
     """Per-field OOV counts over the scored rows (one vectorised comparison per chunk)."""
 
-    def __init__(self, keys: list[str], oov: np.ndarray, reference: Reference | None) -> None:
-        self.keys, self.oov, self.reference = keys, oov, reference
+    def __init__(self, keys: list[str], oov: np.ndarray, reference: Reference | None, bags: int = 0) -> None:
+        self.keys, self.oov, self.reference = keys, oov, reference  # categorical fields, then ``bags`` bag fields
+        self.n_cat = len(keys) - bags
         self.counts = np.zeros(len(keys), dtype=np.int64)
+        self.items = np.zeros(len(keys), dtype=np.int64)  # bag fields: items seen (categorical: unused)
         self.rows = 0
 
     @classmethod
     def for_run(cls, run: Run) -> OovCounter:
-        return cls(run.keys, oov_ids(run), reference_rates(run))
+        return cls(run.keys + [b.name for b in run.meta.bags], oov_ids(run), reference_rates(run), len(run.meta.bags))
 
-    def add(self, sparse: np.ndarray) -> None:
-        """Count the OOV ids of a chunk's ids int64 [m, F]."""
-        self.counts += (sparse == self.oov).sum(axis=0)
+    def add(self, sparse: np.ndarray, bags: list[Bags] | None = None) -> None:
+        """Count the OOV ids of a chunk's ids int64 [m, F] and of its bag fields' items."""
+        n_cat = self.n_cat
+        self.counts[:n_cat] += (sparse == self.oov[:n_cat]).sum(axis=0)
+        for j, bag in enumerate(bags or []):
+            self.counts[n_cat + j] += int((bag.values == self.oov[n_cat + j]).sum())
+            self.items[n_cat + j] += len(bag.values)
         self.rows += len(sparse)
 
     @property
     def rates(self) -> np.ndarray:
-        return self.counts / max(self.rows, 1)
+        totals = np.concatenate([np.full(self.n_cat, self.rows), self.items[self.n_cat:]])
+        return self.counts / np.maximum(totals, 1)
 
     def flagged(self, threshold: float) -> list[str]:
         """Fields whose excess OOV rate is above ``threshold``, worst first."""

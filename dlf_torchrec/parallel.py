@@ -21,6 +21,7 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.types import ShardingOption
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
+from torchrec.modules.embedding_configs import PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dlf_torchrec.config import ShardingConfig, SparseOptimizerConfig
@@ -109,6 +110,12 @@ def table_rows(model: nn.Module) -> dict[str, int]:
     }
 
 
+def mean_pooled_tables(model: nn.Module) -> set[str]:
+    """Tables that pool by ``PoolingType.MEAN`` (those serving ``mean`` bag fields, docs/data.md#multi-valued)."""
+    return {cfg.name for m in model.modules() if isinstance(m, EmbeddingBagCollection)
+            for cfg in m.embedding_bag_configs() if cfg.pooling == PoolingType.MEAN}
+
+
 def dense_kernel_tables(model: nn.Module, opt: SparseOptimizerConfig, sharding: ShardingConfig) -> set[str]:
     """Tables trained by a torch optimiser on the dense kernel (``optimizer.sparse.kernel``, or every table with
     ``sharding.type: data_parallel``); the rest are fused."""
@@ -153,10 +160,21 @@ def build_planner(
 
     ``dense_tables`` are replicated (data_parallel, dense kernel: trained by a torch optimiser); a forced
     ``sharding.type`` constrains every other table to it; "auto" lets the planner choose among the fused types.
+
+    Mean-pooled tables are never grid-sharded: TorchRec 1.8 divides row-split bags by their length only under
+    row_wise and table_row_wise, so under grid_shard each row shard's partial mean is summed (measured: logits off by
+    0.1, tests/test_multivalued_sharding.py). "auto" leaves grid_shard out for them; a forced grid_shard is refused.
     """
     topology = Topology(world_size=world_size, local_world_size=local_world_size, compute_device=device_type)
     dense_tables = dense_tables or set()
     data_parallel = ParameterConstraints(sharding_types=[ShardingType.DATA_PARALLEL.value], compute_kernels=["dense"])
+    mean_tables = mean_pooled_tables(model) - dense_tables
+    no_grid = [t.value for t in ShardingType if t.value not in (ShardingType.DATA_PARALLEL.value,
+                                                                 ShardingType.GRID_SHARD.value)]
+    mean_constraint = ParameterConstraints(sharding_types=no_grid)
+    if sharding.type == ShardingType.GRID_SHARD.value and mean_tables:
+        raise ValueError(f"sharding.type: grid_shard pools mean bags wrongly in TorchRec (tables {sorted(mean_tables)}"
+                         f" pool by mean); use another sharding type, or pooling: sum for those bag fields")
     if sharding.type != "auto":
         kernel = ["dense"] if sharding.type == "data_parallel" else None
         forced = ParameterConstraints(sharding_types=[sharding.type], compute_kernels=kernel)
@@ -165,7 +183,9 @@ def build_planner(
         # a torch optimiser instead of the fused one: they are chosen by optimizer.sparse.kernel, never by the planner.
         fused_types = [t.value for t in ShardingType if t.value != ShardingType.DATA_PARALLEL.value]
         forced = ParameterConstraints(sharding_types=fused_types)
-    constraints = {name: data_parallel if name in dense_tables else forced for name in table_rows(model)}
+    constraints = {name: data_parallel if name in dense_tables else
+                   mean_constraint if name in mean_tables and sharding.type == "auto" else forced
+                   for name in table_rows(model)}
     enumerator = OrderedEnumerator(topology=topology, batch_size=batch_size_per_rank, constraints=constraints)
     return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size_per_rank, constraints=constraints,
                                     enumerator=enumerator)

@@ -50,6 +50,7 @@ from torch import nn
 from dlf_torchrec import cli, io
 from dlf_torchrec.data.features import Encoder, output_fields
 from dlf_torchrec.data.formats import file_formats, schema_for
+from dlf_torchrec.data.meta import FeatureSpec
 from dlf_torchrec.data.rawinput import (
     LabelMode,
     RawInputError,
@@ -61,6 +62,7 @@ from dlf_torchrec.data.rawinput import (
 )
 from dlf_torchrec.data.reading import Rejections, line_chunks, open_input, report_rejections
 from dlf_torchrec.data.schema import Schema
+from dlf_torchrec.data.shards import Bags
 from dlf_torchrec.oov import OovCounter
 from dlf_torchrec.run import Run, load_model, load_run, to_kjt
 
@@ -76,8 +78,8 @@ def base_schema(run: Run, fmt: str | None = None, csv_schema: str | None = None)
     """The labelled raw schema of the run's dataset (``fmt``/``csv_schema`` override the config's)."""
     fmt = fmt or run.source_format
     schema = schema_for(fmt, spec=csv_schema or run.cfg.dataset.schema, num_fields=len(run.meta.categorical))
-    produced = output_fields(schema, run.cfg.dataset.numeric)[0]
-    expected = run.keys
+    produced = output_fields(schema, run.cfg.dataset.numeric)[0] + [c.name for c in schema.bag_columns]
+    expected = run.keys + [b.name for b in run.meta.bags]
     if produced != expected:
         raise PredictError(f"format {fmt!r} yields fields {produced[:5]}... but the model was trained on "
                            f"{expected[:5]}... ({len(expected)} fields)")
@@ -85,12 +87,14 @@ def base_schema(run: Run, fmt: str | None = None, csv_schema: str | None = None)
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, keys: list[str], dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
-    """Probabilities float32 [B] of the unsharded model (sigmoid of the fp32 logits, as the trainer computes them)."""
+def predict_proba(model: nn.Module, keys: list[str] | FeatureSpec, dense: np.ndarray, sparse: np.ndarray,
+                  bags: list[Bags] | None = None) -> np.ndarray:
+    """Probabilities float32 [B] of the unsharded model (sigmoid of the fp32 logits, as the trainer computes them).
+    ``keys``: the categorical field names, or the feature spec (needed with ``bags``, one per bag field)."""
     if len(sparse) == 0:
         return np.zeros(0, dtype=np.float32)
     out = model(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
-                to_kjt(torch.from_numpy(sparse), keys))
+                to_kjt(torch.from_numpy(np.ascontiguousarray(sparse, dtype=np.int64)), keys, bags))
     return torch.sigmoid(out.logits.float()).numpy()
 
 
@@ -137,11 +141,11 @@ def score_stream(run: Run, model: nn.Module, lines: Iterator[bytes], out: IO[str
     rows = 0
     with tqdm(desc="predict", unit=" rows", unit_scale=True, disable=not opts.progress, file=sys.stderr) as bar:
         for chunk in line_chunks(itertools.chain(head, lines), opts.batch_size, first_line):
-            ok_idx, sparse, dense, rejected = encoder.encode(chunk.lines)
+            ok_idx, sparse, dense, rejected, bags = encoder.encode(chunk.lines)
             bad.add(name, chunk.first_line, rejected)
-            oov.add(sparse)
+            oov.add(sparse, bags)
             probs = np.full(len(chunk.lines), np.nan, dtype=np.float64)
-            probs[ok_idx] = predict_proba(model, run.keys, dense, sparse)
+            probs[ok_idx] = predict_proba(model, run.meta.feature_spec, dense, sparse, bags)
             ids = id_values(chunk.lines, schema, id_col) if id_col is not None else None
             out.write(format_rows(probs, ids))
             rows += len(chunk.lines)

@@ -18,7 +18,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dlf_torchrec import io
 from dlf_torchrec.config import ExperimentConfig, load_config
 from dlf_torchrec.data.formats import raw_format
+from dlf_torchrec.data.jagged import bag_tensors, batch_kjt
 from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, DatasetMeta, FeatureSpec
+from dlf_torchrec.data.shards import Bags
 
 
 class RunError(RuntimeError):
@@ -96,7 +98,10 @@ def load_model(run: Run) -> nn.Module:
     return model.eval()
 
 
-def to_kjt(sparse: torch.Tensor, keys: list[str]) -> KeyedJaggedTensor:
-    """ids int64 [B, F] -> KJT with one id per sample and key (the loader's layout)."""
+def to_kjt(sparse: torch.Tensor, keys: list[str] | FeatureSpec, bags: list[Bags] | None = None) -> KeyedJaggedTensor:
+    """ids int64 [B, F] (+ one :class:`Bags` per bag field of a spec with bag fields) -> the loader's KJT layout
+    (:mod:`dlf_torchrec.data.jagged`); ``keys``: the categorical field names, or the dataset's feature spec."""
+    if isinstance(keys, FeatureSpec):
+        return batch_kjt(keys, sparse, *bag_tensors(bags or [], sparse.shape[0]))
     values = sparse.t().reshape(-1)
     return KeyedJaggedTensor(keys=keys, values=values, lengths=torch.ones(values.numel(), dtype=torch.int32))

@@ -36,7 +36,8 @@ def cfg_for(tmp_path: Path, train: Path, **kw) -> DatasetConfig:
 
 def read_all(out: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     meta = DatasetMeta.load(out)
-    return {s: tuple(np.array(a) for a in dataclasses.astuple(open_split(out, s, meta))) for s in meta.splits}
+    arrays = {s: open_split(out, s, meta) for s in meta.splits}
+    return {s: (np.array(a.labels), np.array(a.sparse), np.array(a.dense)) for s, a in arrays.items()}
 
 
 # ----------------------------------------------------------------------------------------- bad rows

@@ -12,6 +12,7 @@ missing values. ``vocab.json`` holds each field's tokens as strings in id order 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.parse import ParsedChunk, keys_as_bytes, parse_chunk, tokens_to_keys
 from dlf_torchrec.data.schema import Schema
+from dlf_torchrec.data.shards import Bags
 
 try:  # optional accelerator (hash-based factorize and lookup); results are identical without it
     import pandas as _pd
@@ -147,6 +149,7 @@ class Encoder:
     schema: Schema
     numeric: str
     vocabs: list[Vocab]
+    bag_vocabs: list[Vocab] = dataclasses.field(default_factory=list)  # per bag field: its table's vocabulary
 
     @classmethod
     def for_dataset(cls, schema: Schema, numeric: str, meta: DatasetMeta, vocab: dict[str, list[str]]) -> Encoder:
@@ -157,10 +160,20 @@ class Encoder:
             if len(v) + 2 != f.vocab_size or (len(v) > 1 and not bool(np.all(v[1:] > v[:-1]))):
                 raise VocabMismatch(f"vocab.json field {f.name}: {len(v)} tokens (sorted: no) do not match "
                                     f"meta.json vocab_size {f.vocab_size}")
-        return cls(schema, numeric, [Vocab(k) for k in keys])
+        vocabs = {f.name: Vocab(k) for f, k in zip(meta.categorical, keys, strict=True)}
+        for b in meta.bags:
+            if b.table not in vocabs:
+                tokens = vocab_keys(vocab[b.table], False)
+                if len(tokens) + 2 != b.vocab_size:
+                    raise VocabMismatch(f"vocab.json table {b.table}: {len(tokens)} tokens do not match meta.json "
+                                        f"vocab_size {b.vocab_size}")
+                vocabs[b.table] = Vocab(tokens)
+        return cls(schema, numeric, [vocabs[f.name] for f in meta.categorical], [vocabs[b.table] for b in meta.bags])
 
-    def encode(self, lines: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
-        """(line index of each accepted line [m], sparse ids int64 [m, F], dense float32 [m, D], rejections)."""
+    def encode(self, lines: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str, str]],
+                                                  list[Bags]]:
+        """(line index of each accepted line [m], sparse ids int64 [m, F], dense float32 [m, D], rejections,
+        one :class:`Bags` of int64 ids per bag field)."""
         pc = parse_chunk(self.schema, b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
         if pc.n_lines != len(lines):
             raise AssertionError(f"parser saw {pc.n_lines} lines in a chunk of {len(lines)}")
@@ -168,4 +181,6 @@ class Encoder:
         sparse = np.empty((len(pc.ok_idx), len(self.vocabs)), dtype=np.int64)
         for j, (vocab, k) in enumerate(zip(self.vocabs, keys, strict=True)):
             sparse[:, j] = vocab.ids(k)
-        return pc.ok_idx, sparse, dense, pc.rejected
+        bags = [Bags(b.lengths, vocab.ids(b.keys).astype(np.int64), b.weights)
+                for vocab, b in zip(self.bag_vocabs, pc.bags, strict=True)]
+        return pc.ok_idx, sparse, dense, pc.rejected, bags

@@ -2,7 +2,8 @@
 
 Each batch: ``dense_features`` float32 [B, num_dense] ([B, 0] when none), ``sparse_features`` a
 KeyedJaggedTensor with the categorical field names (meta order) as keys and exactly one id per sample and key
-(values int64 [F * B] key-major, lengths int32 [F * B] all ones), ``labels`` float32 [B].
+(values int64 [F * B] key-major, lengths int32 [F * B] all ones), then the bag fields' keys with their items per
+sample (:mod:`~dlf_torchrec.data.jagged`; eval padding rows have empty bags), ``labels`` float32 [B].
 
 Partitioning of a split of N rows over ``world_size`` ranks:
 
@@ -28,10 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dlf_torchrec.data.bags import gather
+from dlf_torchrec.data.jagged import bag_tensors, kjt_inputs, make_kjt
 from dlf_torchrec.data.meta import DatasetMeta
-from dlf_torchrec.data.shards import SplitArrays, open_split
+from dlf_torchrec.data.shards import Bags, SplitArrays, open_split
 
 PAD_LABEL = -1.0
 
@@ -58,7 +60,8 @@ def rank_indices(n: int, rank: int, world_size: int, *, for_eval: bool, shuffle:
 
 
 class _SplitBatches(IterableDataset):
-    """Yields (dense [B, D], values int64 [F * B], lengths int32 [F * B], labels [B]) tensors for this rank."""
+    """Yields (dense [B, D], values int64 [N], lengths int32 [(F + S) * B], labels [B], weights [N] or None)
+    tensors for this rank."""
 
     def __init__(self, data_dir: str, split: str, batch_size: int, rank: int, world_size: int, shuffle: bool,
                  seed: int, epoch: int, for_eval: bool, skip_batches: int) -> None:
@@ -95,9 +98,13 @@ class _SplitBatches(IterableDataset):
             labels[pad] = PAD_LABEL
             sparse[pad] = 0
             dense[pad] = 0.0
-        values = torch.from_numpy(np.ascontiguousarray(sparse.T).reshape(-1))
-        lengths = torch.ones(values.numel(), dtype=torch.int32)
-        return torch.from_numpy(dense), values, lengths, torch.from_numpy(labels)
+        bags = []
+        for offsets, ids, weights in arr.bags:
+            lengths, positions = gather(offsets, idx)
+            bags.append(Bags(lengths, ids[positions], None if weights is None else weights[positions]))
+        spec = self.meta.feature_spec
+        values, lengths, weights = kjt_inputs(spec, torch.from_numpy(sparse), *bag_tensors(bags, len(idx)))
+        return torch.from_numpy(dense), values, lengths, torch.from_numpy(labels), weights
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         info = get_worker_info()
@@ -116,15 +123,14 @@ class CTRDataLoader:
     def __init__(self, dataset: _SplitBatches, num_workers: int) -> None:
         self.dataset = dataset
         self.num_workers = num_workers
-        self.keys = dataset.meta.feature_spec.categorical_names
+        self.spec = dataset.meta.feature_spec
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def _to_batch(self, parts: tuple[torch.Tensor, ...]) -> Batch:
-        dense, values, lengths, labels = parts
-        kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)
-        return Batch(dense_features=dense, sparse_features=kjt, labels=labels)
+        dense, values, lengths, labels, weights = parts
+        return Batch(dense_features=dense, sparse_features=make_kjt(self.spec, values, lengths, weights), labels=labels)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.num_workers <= 0:

@@ -7,6 +7,12 @@ A preprocessed dataset directory looks like::
     <split>/labels.bin          float32 [rows]
     <split>/sparse.bin          int32   [rows, num_categorical]   row-major, ids in [1, vocab_size - 1]
     <split>/dense.bin           float32 [rows, num_dense]         only when num_dense > 0
+    <split>/bag<j>.lengths.bin  int32   [rows]                    bag field j (meta ``bags`` order): items per row
+    <split>/bag<j>.values.bin   int32   [items]                   its ids, row after row (``SplitInfo.bag_values[j]``)
+    <split>/bag<j>.weights.bin  float32 [items]                   only for weighted bags
+
+``bags`` and ``bag_values`` are left out of ``meta.json`` when a dataset has no bag fields (its meta.json is then
+byte for byte what it was before bag fields existed).
 """
 
 from __future__ import annotations
@@ -30,20 +36,44 @@ class CategoricalField:
 
 
 @dataclass(frozen=True)
+class BagField:
+    """A multi-valued field: ``table`` is the field whose table it looks up (itself, or its ``share_embedding``
+    field), ``vocab_size`` that table's rows; ``pooling`` sum | mean; ``weighted``: items carry weights."""
+
+    name: str
+    vocab_size: int
+    table: str
+    pooling: str = "mean"
+    weighted: bool = False
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
-    """What a model needs to know about the features: categorical fields with cardinalities, dense field names."""
+    """What a model needs to know about the features: categorical fields with cardinalities, dense field names,
+    multi-valued (bag) fields."""
 
     categorical: tuple[CategoricalField, ...]
     dense: tuple[str, ...] = ()
+    bags: tuple[BagField, ...] = ()
 
     @property
     def categorical_names(self) -> list[str]:
         return [f.name for f in self.categorical]
 
     @property
+    def sparse_names(self) -> list[str]:
+        """The KeyedJaggedTensor keys, in order: the categorical fields, then the bag fields."""
+        return [f.name for f in self.categorical] + [b.name for b in self.bags]
+
+    @property
+    def weighted(self) -> bool:
+        """Whether batches carry per-item weights (some bag field is weighted)."""
+        return any(b.weighted for b in self.bags)
+
+    @property
     def num_fields(self) -> int:
-        """Tokens per sample: one per categorical field plus one per dense field."""
-        return len(self.categorical) + len(self.dense)
+        """Tokens per sample: one per categorical field, one per bag field and one per dense field."""
+        return len(self.categorical) + len(self.bags) + len(self.dense)
 
 
 @dataclass
@@ -51,6 +81,8 @@ class SplitInfo:
     rows: int
     # Rows with label 1 (None in datasets preprocessed before it was recorded).
     positives: int | None = None
+    # Items stored per bag field (meta ``bags`` order); None when the dataset has no bag fields.
+    bag_values: list[int] | None = None
 
 
 @dataclass
@@ -74,13 +106,20 @@ class DatasetMeta:
     # data predates the record (line byte offsets).
     split_rule: str | None = None
     format_version: int = FORMAT_VERSION
+    # Multi-valued fields (docs/data.md#multi-valued), after the categorical ones in model input order.
+    bags: list[BagField] = field(default_factory=list)
 
     @property
     def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec(categorical=tuple(self.categorical), dense=tuple(self.dense))
+        return FeatureSpec(categorical=tuple(self.categorical), dense=tuple(self.dense), bags=tuple(self.bags))
 
     def save(self, directory: str) -> None:
-        io.write_json(os.path.join(directory, META_FILE), asdict(self))
+        raw = asdict(self)
+        if not self.bags:  # a dataset without bag fields keeps its meta.json bytes
+            del raw["bags"]
+            for info in raw["splits"].values():
+                del info["bag_values"]
+        io.write_json(os.path.join(directory, META_FILE), raw)
 
     @classmethod
     def load(cls, directory: str) -> DatasetMeta:
@@ -94,4 +133,5 @@ class DatasetMeta:
                              f"re-run preprocessing")
         raw["categorical"] = [CategoricalField(**c) for c in raw["categorical"]]
         raw["splits"] = {k: SplitInfo(**v) for k, v in raw["splits"].items()}
+        raw["bags"] = [BagField(**b) for b in raw.get("bags", [])]
         return cls(**raw)

@@ -24,6 +24,9 @@ Empty values are allowed and mean missing. Column rules:
 * categorical: any bytes up to ``MAX_TOKEN_BYTES`` (else "token too long"); libFM items must be ``id:value`` with a
   non-empty id, else "bad libfm item" (the value is ignored, the token is the id).
 * hour (Avazu): ``YYMMDDHH`` with a real date 20YY-MM-DD and HH <= 23, else "bad hour".
+* sequence (csv, :mod:`~dlf_torchrec.data.bags`): items split on the column's separator, each token up to
+  ``MAX_TOKEN_BYTES`` ("token too long"); weighted items must be ``token:weight`` with a finite decimal weight, else
+  "bad bag weight".
 
 Categorical tokens are bytes (``b""`` = missing). In :class:`ParsedChunk` a categorical column is either a uint64
 array of *packed* tokens (tokens of at most 8 bytes, big-endian, zero padded: order-preserving, 0 = missing) or,
@@ -32,6 +35,7 @@ when some token is longer, a numpy ``S`` array (``b""`` = missing).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import re
@@ -39,9 +43,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dlf_torchrec.data.bags import BagColumn, item_weight, split_items
 from dlf_torchrec.data.fastparse import Fields
 from dlf_torchrec.data.formats import FORMATS
-from dlf_torchrec.data.schema import MAX_TOKEN_BYTES, LabelRule, Schema
+from dlf_torchrec.data.schema import MAX_TOKEN_BYTES, Column, LabelRule, Schema
 
 BLANK = "blank line"
 FIELD_COUNT = "wrong field count"
@@ -57,8 +62,9 @@ NUL_BYTE = "nul byte"
 BAD_INPUT = "not text"
 LABEL_NOT_NUMBER = "non-numeric label"
 LABEL_NOT_IN_MAP = "label not in map"
+BAD_WEIGHT = "bad bag weight"
 REASONS = (BLANK, FIELD_COUNT, NON_INT, INT_RANGE, NON_NUMERIC, NON_HEX, BAD_LABEL, BAD_HOUR, BAD_ITEM,
-           TOKEN_TOO_LONG, NUL_BYTE, BAD_INPUT, LABEL_NOT_NUMBER, LABEL_NOT_IN_MAP)
+           TOKEN_TOO_LONG, NUL_BYTE, BAD_INPUT, LABEL_NOT_NUMBER, LABEL_NOT_IN_MAP, BAD_WEIGHT)
 
 class RowRejected(ValueError):
     """A raw line that is not a valid row. ``reason`` is one of :data:`REASONS`; ``detail`` says where/what."""
@@ -72,11 +78,13 @@ class RowRejected(ValueError):
 @dataclass(frozen=True)
 class Row:
     """One parsed row: ``label`` in {0., 1.}, ``numeric`` per numeric column (None = missing), ``categorical``
-    tokens in ``schema.categorical_fields`` order (``b""`` = missing)."""
+    tokens in ``schema.categorical_fields`` order (``b""`` = missing), ``bags`` per bag column (file order) its
+    item tokens and, when weighted, their weights."""
 
     label: float
     numeric: tuple[float | None, ...]
     categorical: tuple[bytes, ...]
+    bags: tuple[tuple[tuple[bytes, ...], tuple[float, ...] | None], ...] = ()
 
 
 _INT_RE = re.compile(rb"(-?[0-9]+)(?:\.0*)?")
@@ -153,6 +161,22 @@ def _token(p: bytes, name: str) -> bytes:
     return p
 
 
+def _bag(p: bytes, col: Column) -> tuple[tuple[bytes, ...], tuple[float, ...] | None]:
+    assert col.bag is not None
+    items = split_items(p, col.bag)
+    weights: tuple[float, ...] | None = None
+    if col.bag.weighted:
+        pairs = [item_weight(t) for t in items]
+        bad = next((t for t, pair in zip(items, pairs, strict=True) if pair is None), None)
+        if bad is not None:
+            raise RowRejected(BAD_WEIGHT, f"{col.name} item {_short(bad)}: expected token:weight")
+        items = [pair[0] for pair in pairs]  # type: ignore[index]
+        weights = tuple(pair[1] for pair in pairs)  # type: ignore[index]
+    for t in items:
+        _token(t, col.name)
+    return tuple(items), weights
+
+
 def hour_tokens(p: bytes) -> tuple[bytes, bytes, bytes]:
     """Avazu ``YYMMDDHH`` -> (hour ``HH``, weekday ``%w`` of 20YY-MM-DD with 0 = Sunday, weekend ``1``/``0``)."""
     if not _HOUR_RE.fullmatch(p):
@@ -188,6 +212,7 @@ def parse_line(schema: Schema, line: bytes | str) -> Row:
     label = 0.0
     numeric: list[float | None] = []
     tokens: dict[str, bytes] = {}
+    bags = []
     for col, p in zip(schema.columns, parts, strict=True):
         kind = col.kind
         if kind == "label":
@@ -207,7 +232,9 @@ def parse_line(schema: Schema, line: bytes | str) -> Row:
             numeric.append(_float(p, col.name))
         elif kind == "hour":
             tokens["hour"], tokens["weekday"], tokens["weekend"] = hour_tokens(p)
-    return Row(label, tuple(numeric), tuple(tokens[n] for n in schema.categorical_fields))
+        elif kind == "sequence":
+            bags.append(_bag(p, col))
+    return Row(label, tuple(numeric), tuple(tokens[n] for n in schema.categorical_fields), tuple(bags))
 
 
 # ------------------------------------------------------------------------------------------- chunk parsing
@@ -220,7 +247,7 @@ class ParsedChunk:
     ok_idx int64 [m]: line index within the chunk; labels float32 [m]; numeric float64 [m, n_numeric] (NaN =
     missing); categorical: per output categorical field a [m] uint64 (packed) or ``S`` array;
     rejected: (line index, reason, detail) per rejected line, in line order; line_start int64 [n_lines]: byte
-    offset of every line within the buffer.
+    offset of every line within the buffer; bags: per bag column (file order) a :class:`BagColumn` of the m rows.
     """
 
     n_lines: int
@@ -230,6 +257,7 @@ class ParsedChunk:
     categorical: list[np.ndarray]
     rejected: list[tuple[int, str, str]]
     line_start: np.ndarray  # int64 [n_lines]: byte offset of every line within the buffer
+    bags: list[BagColumn] = dataclasses.field(default_factory=list)
 
 
 def tokens_to_keys(tokens: list[bytes]) -> np.ndarray:
@@ -262,6 +290,28 @@ def _rows_to_columns(schema: Schema, idx: list[int], rows: list[Row]) -> tuple[n
                        dtype=np.float64).reshape(len(rows), n_num)
     cats = [tokens_to_keys([r.categorical[j] for r in rows]) for j in range(len(schema.categorical_fields))]
     return np.array(idx, dtype=np.int64), labels, numeric, cats
+
+
+def _bag_columns(schema: Schema, rows: list[Row]) -> list[BagColumn]:
+    out = []
+    for j, col in enumerate(schema.bag_columns):
+        bags = [r.bags[j] for r in rows]
+        lengths = np.array([len(t) for t, _ in bags], dtype=np.int64)
+        keys = tokens_to_keys([tok for t, _ in bags for tok in t])
+        weights = np.array([w for _, ws in bags for w in ws or ()], dtype=np.float32) if col.bag.weighted else None  # type: ignore[union-attr]
+        out.append(BagColumn(lengths, keys, weights))
+    return out
+
+
+def concat_bags(parts: list[list[BagColumn]]) -> list[BagColumn]:
+    """Bag columns of consecutive row blocks, concatenated field by field."""
+    if not parts:
+        return []
+    out = []
+    for cols in zip(*parts, strict=True):
+        weights = None if cols[0].weights is None else np.concatenate([c.weights for c in cols])  # type: ignore[misc]
+        out.append(BagColumn(np.concatenate([c.lengths for c in cols]), concat_keys([c.keys for c in cols]), weights))
+    return out
 
 
 def _parse_rows(schema: Schema, lines: list[bytes], idx: list[int]) -> tuple[list[int], list[Row], list]:
@@ -301,6 +351,7 @@ def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
         categorical=[concat_keys([p.categorical[j] for p in pieces]) for j in range(len(pieces[0].categorical))],
         rejected=[(i + int(o), r, d) for p, o in zip(pieces, offsets, strict=False) for i, r, d in p.rejected],
         line_start=np.concatenate([p.line_start + b for p, b in zip(pieces, starts, strict=True)]),
+        bags=concat_bags([p.bags for p in pieces]),
     )
 
 
@@ -309,7 +360,7 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         buf += b"\n"
     fmt = FORMATS.get(schema.format)
     # The fast parsers read columns at fixed positions: a file whose header reorders them (rare) is parsed per row.
-    fast = fmt.fast if fmt is not None and schema.positions is None else None
+    fast = fmt.fast if fmt is not None and schema.positions is None and not schema.bag_columns else None
     if fast is not None and schema.delimiter not in (None, chr(fast.delimiter)):  # e.g. Criteo as a header CSV
         fast = None
     if fast is None or not buf:
@@ -319,7 +370,7 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         line_start = np.zeros(len(lines), dtype=np.int64)
         if lines:
             line_start[1:] = np.cumsum([len(x) + 1 for x in lines[:-1]])
-        return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected, line_start)
+        return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected, line_start, _bag_columns(schema, rows))
     f = Fields(buf, fast.delimiter, schema.n_columns, fast.forbid)
     ok, labels, numeric, keys = fast.parse(f)
     fast_idx = f.eligible[ok]

@@ -47,7 +47,7 @@ from dlf_torchrec.config import DatasetConfig
 from dlf_torchrec.data.features import Vocab, distinct, featurize, output_fields, token_strings
 from dlf_torchrec.data.fingerprint import input_fingerprints, stale_reasons
 from dlf_torchrec.data.formats import FORMATS, get_format
-from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, CategoricalField, DatasetMeta, SplitInfo
+from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, BagField, CategoricalField, DatasetMeta, SplitInfo
 from dlf_torchrec.data.parse import parse_chunk
 from dlf_torchrec.data.reading import (
     DataError,
@@ -61,7 +61,7 @@ from dlf_torchrec.data.reading import (
     report_rejections,
 )
 from dlf_torchrec.data.schema import Schema
-from dlf_torchrec.data.shards import ShardWriter
+from dlf_torchrec.data.shards import Bags, ShardWriter
 from dlf_torchrec.data.splits import SPLIT_RULE, SPLITS, check_ratios, content_ends, random_splits
 from dlf_torchrec.data.vocab import KeyCounter, chunk_counts
 
@@ -100,7 +100,8 @@ class _Plan:
 @dataclass
 class _Features:
     """One parsed chunk, featurised: labels float32 [m], split index int8 [m], dense float32 [m, D] and per
-    categorical field its distinct keys [u] with each row's index into them, uint16/int32 [m]."""
+    categorical field its distinct keys [u] with each row's index into them, uint16/int32 [m]; per bag field its
+    lengths [m], (distinct keys, each item's index into them) and weights float32 [items] or None."""
 
     n_lines: int
     rejected: RejectList
@@ -108,6 +109,7 @@ class _Features:
     splits: np.ndarray
     fields: list[tuple[np.ndarray, np.ndarray]]
     dense: np.ndarray
+    bags: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray | None]]
 
 
 def _featurize(plan: _Plan, job: FileChunk) -> _Features:
@@ -116,7 +118,8 @@ def _featurize(plan: _Plan, job: FileChunk) -> _Features:
     pc = parse_chunk(plan.file_schemas[job.file_idx], buf)
     keys, dense = featurize(pc, plan.numeric)
     splits = plan.row_splits(job.file_idx, buf, pc.line_start, pc.ok_idx)
-    return _Features(pc.n_lines, pc.rejected, pc.labels, splits, [distinct(k) for k in keys], dense)
+    bags = [(b.lengths, distinct(b.keys), b.weights) for b in pc.bags]
+    return _Features(pc.n_lines, pc.rejected, pc.labels, splits, [distinct(k) for k in keys], dense, bags)
 
 
 def _count_job(plan: _Plan, cache_dir: str | None, job: FileChunk) -> tuple[int, RejectList, list, str | None]:
@@ -125,7 +128,9 @@ def _count_job(plan: _Plan, cache_dir: str | None, job: FileChunk) -> tuple[int,
     The featurised chunk is pickled to ``cache_dir`` so that pass 2 does not parse the train file again.
     """
     feats = _featurize(plan, job)
-    counts = chunk_counts(feats.fields, feats.splits == 0)
+    train = feats.splits == 0
+    counts = chunk_counts(feats.fields, train) + [chunk_counts([keys], np.repeat(train, lengths))[0]
+                                                  for lengths, keys, _ in feats.bags]
     path = None
     if cache_dir is not None:
         path = os.path.join(cache_dir, f"f{job.file_idx}_c{job.chunk_idx}.pkl")
@@ -136,7 +141,8 @@ def _count_job(plan: _Plan, cache_dir: str | None, job: FileChunk) -> tuple[int,
 
 def _transform_job(plan: _Plan, vocabs: list[Vocab], job: FileChunk | str) -> tuple[int, RejectList, dict]:
     """Pass 2 (a raw chunk or a pass-1 cache file): (lines, rejections, {split: (labels, sparse int32 [m, F],
-    dense float32 [m, D])})."""
+    dense float32 [m, D], [Bags per bag field])}); ``vocabs``: per categorical field, then per bag field (its
+    table's vocabulary)."""
     if isinstance(job, str):
         with open(job, "rb") as f:
             feats = pickle.load(f)
@@ -144,17 +150,28 @@ def _transform_job(plan: _Plan, vocabs: list[Vocab], job: FileChunk | str) -> tu
     else:
         feats = _featurize(plan, job)
     ids = np.empty((len(feats.fields), len(feats.labels)), dtype=np.int32)  # field-major, transposed below
-    for j, (v, (uniq, inv)) in enumerate(zip(vocabs, feats.fields, strict=True)):
+    n_cat = len(feats.fields)
+    for j, (v, (uniq, inv)) in enumerate(zip(vocabs[:n_cat], feats.fields, strict=True)):
         np.take(v.ids(uniq), inv, out=ids[j])
+    bags = [Bags(lengths, v.ids(uniq)[inv], weights)
+            for v, (lengths, (uniq, inv), weights) in zip(vocabs[n_cat:], feats.bags, strict=True)]
     present = np.unique(feats.splits).tolist()
     out = {}
     for s in present:
         if len(present) == 1:
-            out[s] = (feats.labels, np.ascontiguousarray(ids.T), feats.dense)
+            out[s] = (feats.labels, np.ascontiguousarray(ids.T), feats.dense, bags)
         else:
-            sel = np.flatnonzero(feats.splits == s)
-            out[s] = (feats.labels[sel], np.ascontiguousarray(ids[:, sel].T), feats.dense[sel])
+            rows = feats.splits == s
+            sel = np.flatnonzero(rows)
+            out[s] = (feats.labels[sel], np.ascontiguousarray(ids[:, sel].T), feats.dense[sel],
+                      [_select(b, rows) for b in bags])
     return feats.n_lines, feats.rejected, out
+
+
+def _select(bag: Bags, rows: np.ndarray) -> Bags:
+    """The rows ``rows`` (bool [m]) of a block of bags."""
+    items = np.repeat(rows, bag.lengths)
+    return Bags(bag.lengths[rows], bag.values[items], None if bag.weights is None else bag.weights[items])
 
 
 _WORKER: dict[str, Any] = {}
@@ -290,9 +307,13 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
     out = cfg.output_dir
     inputs = input_fingerprints(cfg, _resolve)  # before reading: a file changed meanwhile then looks stale next time
     names, dense_names = output_fields(plan.schema, plan.numeric)
+    bag_cols = plan.schema.bag_columns
+    # One vocabulary per table: each categorical field's, and each bag field's that does not share another's.
+    tables = names + [c.name for c in bag_cols if c.bag and not c.bag.share_embedding]
+    table_of = names + [c.bag.share_embedding or c.name for c in bag_cols if c.bag]
     # Pass 1: token counts over train rows (train file only); featurised chunks are cached for pass 2.
     train_path = plan.files[0][0]
-    counters = [KeyCounter() for _ in names]
+    counters = {t: KeyCounter() for t in tables}
     pass1_lines = 0
     cached: list[str] = []
     check = Rejections("fail") if cfg.bad_rows == "fail" else None
@@ -303,18 +324,20 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
                                                          workers, (plan, None, cache)):
             if check is not None:
                 check.add(train_path, first_line + pass1_lines, rejected)
-            for c, (k, n) in zip(counters, counts, strict=True):
-                c.add(k, n)
+            for t, (k, n) in zip(table_of, counts, strict=True):  # a shared table counts every field it serves
+                counters[t].add(k, n)
             pass1_lines += n_lines
             cached.append(path)
             bar.update(n_lines)
-    vocabs = [Vocab(c.vocab(cfg.min_count)) for c in counters]
+    table_vocabs = {t: Vocab(c.vocab(cfg.min_count)) for t, c in counters.items()}
+    vocabs = [table_vocabs[t] for t in table_of]
     del counters
 
     # Pass 2: map and write.
     splits = [SPLITS[i] for i, r in enumerate(plan.ratios) if r > 0] if plan.ratios else [
         SPLITS[s] for _, s in plan.files]
-    writer = ShardWriter(out, splits, len(names), len(dense_names))
+    writer = ShardWriter(out, splits, len(names), len(dense_names),
+                         tuple(bool(c.bag and c.bag.weighted) for c in bag_cols))
     rejections = Rejections(cfg.bad_rows)
     files: list[_FileCounts] = []
     positives = dict.fromkeys(splits, 0)
@@ -331,8 +354,8 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
                                                           _worker_transform, workers, (plan, vocabs, None)):
                     counts.rejections.add(path, line, rejected)
                     line += n_lines
-                    for s, (labels, sparse, dense) in sorted(parts.items()):
-                        writer.append(SPLITS[s], labels, sparse, dense)
+                    for s, (labels, sparse, dense, bags) in sorted(parts.items()):
+                        writer.append(SPLITS[s], labels, sparse, dense, bags)
                         positives[SPLITS[s]] += int((labels > 0.5).sum())
                     counts.read += n_lines
                     bar.update(n_lines)
@@ -347,14 +370,15 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         raise AssertionError(f"row accounting: read {rows_read} != written {rows_written} + "
                              f"rejected {rejections.total}")
     _check_rows(cfg, files, dict(writer.rows))  # before meta.json: a failed dataset never looks ready
-    vocab_json = {n: token_strings(v.keys) for n, v in zip(names, vocabs, strict=True)}
+    vocab_json = {t: token_strings(v.keys) for t, v in table_vocabs.items()}
     io.write_json(os.path.join(out, VOCAB_FILE), vocab_json, indent=None)
     meta = DatasetMeta(
         name=cfg.name,
         source_format=cfg.format,
-        categorical=[CategoricalField(n, len(v.keys) + 2) for n, v in zip(names, vocabs, strict=True)],
+        categorical=[CategoricalField(n, len(v.keys) + 2) for n, v in zip(names, vocabs[:len(names)], strict=True)],
         dense=dense_names,
-        splits={s: SplitInfo(writer.rows[s], positives[s]) for s in splits},
+        splits={s: SplitInfo(writer.rows[s], positives[s], writer.bag_values[s] if bag_cols else None)
+                for s in splits},
         rows_read=rows_read,
         rows_written=rows_written,
         rows_rejected=rejections.total,
@@ -363,6 +387,8 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         dataset_config=dataclasses.asdict(cfg),
         inputs=inputs,
         split_rule=SPLIT_RULE if plan.ratios else None,
+        bags=[BagField(c.name, len(table_vocabs[t].keys) + 2, t, c.bag.pooling, c.bag.weighted)
+              for c, t in zip(bag_cols, table_of[len(names):], strict=True) if c.bag],
     )
     meta.save(out)
     elapsed = time.perf_counter() - t0
@@ -376,7 +402,8 @@ def _summary(meta: DatasetMeta, out: str, elapsed: float) -> None:
     vocab = sum(c.vocab_size for c in meta.categorical)
     print(f"[preprocess] {meta.name}: read {meta.rows_read:,} rows in {elapsed:.1f}s "
           f"({meta.rows_read / max(elapsed, 1e-9):,.0f} rows/s); wrote {meta.rows_written:,} ({splits}); "
-          f"rejected {meta.rows_rejected:,}; {len(meta.categorical)} categorical fields, total vocab {vocab:,}, "
+          f"rejected {meta.rows_rejected:,}; {len(meta.categorical)} categorical fields, "
+          f"{f'{len(meta.bags)} bag fields, ' if meta.bags else ''}total vocab {vocab:,}, "
           f"{len(meta.dense)} dense -> {out}", file=sys.stderr)
     report_rejections("[preprocess]", meta.rejected_by_reason, meta.rejected_examples)
 

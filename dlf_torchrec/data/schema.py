@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-ColumnKind = Literal["label", "numeric", "int", "categorical", "hex", "hour", "skip"]
+ColumnKind = Literal["label", "numeric", "int", "categorical", "hex", "hour", "sequence", "skip"]
 
 # Longest categorical token accepted (bytes); longer ones reject the row ("token too long").
 MAX_TOKEN_BYTES = 256
@@ -31,12 +31,30 @@ def line_names(line: bytes, delimiter: str | None) -> list[str]:
 
 
 @dataclass(frozen=True)
+class BagSpec:
+    """How a multi-valued (``sequence``) column becomes a bag of ids (docs/data.md#multi-valued).
+
+    ``separator`` splits the value into items (empty items are dropped; an empty value is an empty bag);
+    ``max_len`` keeps the *last* ``max_len`` items (None: all); ``pooling`` sum | mean; ``weighted``: items are
+    ``token:weight`` pairs; ``share_embedding``: the field whose table (and vocabulary) this bag looks up (None: its
+    own table)."""
+
+    separator: bytes = b"^"
+    max_len: int | None = None
+    pooling: Literal["sum", "mean"] = "mean"
+    weighted: bool = False
+    share_embedding: str | None = None
+
+
+@dataclass(frozen=True)
 class Column:
     """One raw column. ``kind``: label | numeric (float) | int (integer, Criteo) | categorical (any token) |
-    hex (1-8 hex digits, Criteo) | hour (Avazu YYMMDDHH -> hour, weekday, weekend) | skip."""
+    hex (1-8 hex digits, Criteo) | hour (Avazu YYMMDDHH -> hour, weekday, weekend) | sequence (a bag of tokens,
+    ``bag`` says how) | skip."""
 
     name: str
     kind: ColumnKind
+    bag: BagSpec | None = None
 
 
 # Comparisons a threshold label rule may use (csv ``label: {column, rule: ">= 4"}``).
@@ -87,6 +105,11 @@ class Schema:
     @property
     def numeric_fields(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.kind in ("numeric", "int"))
+
+    @property
+    def bag_columns(self) -> tuple[Column, ...]:
+        """The multi-valued (``sequence``) columns, file order: the output bag fields."""
+        return tuple(c for c in self.columns if c.kind == "sequence")
 
     @property
     def label_index(self) -> int:

@@ -1,4 +1,10 @@
-"""Field embeddings: one EmbeddingBagConfig per categorical field (sharded by TorchRec) plus dense-field tokens."""
+"""Field embeddings: one EmbeddingBagConfig per table (sharded by TorchRec) plus dense-field tokens.
+
+A table per categorical field and per bag field that has no ``share_embedding``; a shared table lists every feature
+it serves in ``feature_names`` (TorchRec looks each feature up in it and pools each separately). A table serving a
+``mean`` bag pools by ``PoolingType.MEAN`` (a single id pools alike under sum and mean), except in weighted datasets,
+where every table pools by sum and the weights carry the mean (:mod:`dlf_torchrec.data.jagged`).
+"""
 
 from __future__ import annotations
 
@@ -15,19 +21,24 @@ from dlf_torchrec.data.meta import FeatureSpec
 
 
 def table_configs(spec: FeatureSpec, embedding_dim: int, init_std: float, prefix: str = "") -> list[EmbeddingBagConfig]:
-    """One table per categorical field, rows = vocab_size (PAD 0 .. OOV last), init N(0, init_std^2)."""
+    """One table per categorical field and per unshared bag field, rows = vocab_size (PAD 0 .. OOV last), init
+    N(0, init_std^2); a table's ``feature_names`` are its own field and the bag fields sharing it."""
     init = functools.partial(nn.init.normal_, mean=0.0, std=init_std)
-    return [
-        EmbeddingBagConfig(
-            name=f"{prefix}t_{f.name}",
+    owners = [(f.name, f.vocab_size) for f in spec.categorical]
+    owners += [(b.name, b.vocab_size) for b in spec.bags if b.table == b.name]
+    configs = []
+    for name, rows in owners:
+        bags = [b for b in spec.bags if b.table == name]
+        mean = any(b.pooling == "mean" for b in bags) and not spec.weighted
+        configs.append(EmbeddingBagConfig(
+            name=f"{prefix}t_{name}",
             embedding_dim=embedding_dim,
-            num_embeddings=f.vocab_size,
-            feature_names=[f.name],
-            pooling=PoolingType.SUM,
+            num_embeddings=rows,
+            feature_names=([name] if name in spec.categorical_names else []) + [b.name for b in bags],
+            pooling=PoolingType.MEAN if mean else PoolingType.SUM,
             init_fn=init,
-        )
-        for f in spec.categorical
-    ]
+        ))
+    return configs
 
 
 class DenseTokens(nn.Module):
@@ -81,10 +92,12 @@ class FieldEmbedding(nn.Module):
     """Categorical ids + dense values -> field tokens.
 
     Args:
-        sparse: KeyedJaggedTensor with one id per sample for each categorical field (keys in spec order).
+        sparse: KeyedJaggedTensor with one id per sample for each categorical field, then the bag fields' items
+            (keys ``spec.sparse_names``; :mod:`dlf_torchrec.data.jagged`).
         dense: [B, num_dense] float values (ignored when the spec has no dense fields).
     Returns:
-        [B, num_dense + num_categorical, d]: dense tokens first, then categorical, in spec order.
+        [B, num_dense + num_categorical + num_bags, d]: dense tokens first, then categorical, then one pooled token
+        per bag field, in spec order.
     """
 
     def __init__(
@@ -97,10 +110,10 @@ class FieldEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim
-        self.num_categorical = len(spec.categorical)
-        self.feature_names = spec.categorical_names
+        self.num_categorical = len(spec.categorical) + len(spec.bags)  # pooled tokens (the EBC's outputs)
+        self.feature_names = spec.sparse_names
         self.ebc = EmbeddingBagCollection(
-            tables=table_configs(spec, embedding_dim, init_std, prefix), device=device
+            tables=table_configs(spec, embedding_dim, init_std, prefix), is_weighted=spec.weighted, device=device
         )
         dense_device = None if device is None or device.type == "meta" else device
         self.dense_tokens = DenseTokens(len(spec.dense), embedding_dim, dense_device) if spec.dense else None

@@ -10,6 +10,13 @@
         - {name: user, type: categorical}
         - {name: price, type: numeric}
         - {name: note, type: skip}
+        - {name: history, type: sequence, separator: "^", max_len: 50, pooling: mean, share_embedding: item}
+        - {name: tags, type: sequence, separator: "|", weighted: true}    # items "token:weight", pooled by sum
+
+``sequence`` (multi-valued) keys, all optional: ``separator`` (default ``^``), ``max_len`` (keep the last N items),
+``pooling`` (``mean``, or ``sum``; weighted bags default to ``sum``), ``weighted`` (default false),
+``share_embedding`` (a categorical or sequence column whose table and vocabulary this bag uses); see
+:mod:`dlf_torchrec.data.bags` and docs/data.md#multi-valued.
 
 No vectorised parser: every line goes through the reference parser.
 """
@@ -23,11 +30,12 @@ from typing import Any
 import yaml
 
 from dlf_torchrec import io
+from dlf_torchrec.data.bags import BAG_KEYS, bag_spec, check_shares
 from dlf_torchrec.data.formats.base import Format
 from dlf_torchrec.data.schema import LABEL_OPS, Column, LabelRule, Schema, SchemaError
 
 _CSV_KEYS = ("delimiter", "header", "label", "columns")
-_CSV_TYPES = ("categorical", "numeric", "skip", "label")
+_CSV_TYPES = ("categorical", "numeric", "sequence", "skip", "label")
 _RULE_RE = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*")
 
 
@@ -104,10 +112,12 @@ def csv_schema(spec: dict[str, Any] | str | os.PathLike[str]) -> Schema:
         key = f"schema.columns[{i}]"
         if not isinstance(c, dict):
             raise SchemaError(f"{key}: expected a mapping {{name, type}}, got {c!r}")
-        bad = [k for k in c if k not in ("name", "type")]
-        if bad:
-            raise SchemaError(f"{key}: unknown key(s) {bad} (known: name, type)")
         name, typ = c.get("name"), c.get("type", "categorical")
+        known = ("name", "type") + (BAG_KEYS if typ == "sequence" else ())
+        bad = [k for k in c if k not in known]
+        if bad:
+            hint = "" if typ == "sequence" or not set(bad) & set(BAG_KEYS) else "; those are keys of type: sequence"
+            raise SchemaError(f"{key}: unknown key(s) {bad} (known: {', '.join(known)}){hint}")
         if not isinstance(name, str) or not name:
             raise SchemaError(f"{key}.name: expected a non-empty string, got {name!r}")
         if name in seen:
@@ -119,12 +129,13 @@ def csv_schema(spec: dict[str, Any] | str | os.PathLike[str]) -> Schema:
             typ = "label"
         elif typ == "label":
             raise SchemaError(f"{key}.type: 'label' but schema.label is {label!r}")
-        cols.append(Column(name, typ))
+        cols.append(Column(name, typ, bag_spec(c, key) if typ == "sequence" else None))
+    check_shares(cols, delim)
     if label not in seen:
         raise SchemaError(f"schema.label: {label!r} is not among the columns {sorted(seen)}")
     cat = tuple(c.name for c in cols if c.kind == "categorical")
-    if not cat and not any(c.kind == "numeric" for c in cols):
-        raise SchemaError("schema.columns: no categorical or numeric feature column")
+    if not cat and not any(c.kind in ("numeric", "sequence") for c in cols):
+        raise SchemaError("schema.columns: no categorical, sequence or numeric feature column")
     return Schema("csv", tuple(cols), cat, delimiter=delim, header=header, label_rule=rule)
 
 
