@@ -41,8 +41,9 @@ class DatasetConfig:
 
     name: str = "synthetic"
     # criteo: Kaggle TSV (label, I1..I13, C1..C26); avazu: Kaggle CSV; libfm: `label id:val ...` (Frappe, MovieLens);
-    # csv: any delimited file described by `schema`; synthetic: generated Criteo-format TSV with a planted signal.
-    format: Literal["criteo", "avazu", "libfm", "csv", "synthetic"] = "synthetic"
+    # csv: any delimited file described by `schema`; recbole: RecBole atomic files (.inter, typed header);
+    # synthetic: generated Criteo-format TSV with a planted signal.
+    format: Literal["criteo", "avazu", "libfm", "csv", "recbole", "synthetic"] = "synthetic"
     train: str | None = None
     valid: str | None = None
     test: str | None = None
@@ -51,6 +52,8 @@ class DatasetConfig:
     split_seed: int = 2018
     # csv: a YAML schema file or inline. Input paths are relative to the YAML that sets them (command line: to cwd).
     schema: dict[str, Any] | str | None = None
+    # User / item feature files joined to each row by key (docs/data.md#side-tables): [{file, key, ...}].
+    side_tables: list[dict[str, Any]] = field(default_factory=list)
     # Tokens seen fewer than min_count times in train map to the field's OOV id (FuxiCTR rule, docs/data.md#vocabulary).
     min_count: int = 1
     # Numeric columns: bucketize (floor(ln(x)^2) ids, BARS), dense (floats) or auto (Criteo: bucketize, csv: dense).
@@ -309,7 +312,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 def _check_consistency(cfg: ExperimentConfig) -> None:
     ds, tr = cfg.dataset, cfg.training
-    if ds.format in ("criteo", "avazu", "libfm", "csv") and not ds.train:
+    if ds.format in ("criteo", "avazu", "libfm", "csv", "recbole") and not ds.train:
         raise ConfigError(f"dataset.train: required for format '{ds.format}'")
     if ds.format == "csv" and ds.schema is None:
         raise ConfigError("dataset.schema: required for format 'csv' (a YAML schema file or an inline mapping)")

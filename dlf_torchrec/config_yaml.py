@@ -72,6 +72,11 @@ def _rebase_inputs(raw: dict[str, Any], base: Path) -> None:
     for key in ("train", "valid", "test", "schema") if isinstance(dataset, dict) else ():
         if isinstance(dataset.get(key), str) and dataset[key] and not os.path.isabs(dataset[key]):
             dataset[key] = os.path.normpath(base / dataset[key])
+    tables = dataset.get("side_tables") if isinstance(dataset, dict) else None
+    for table in tables if isinstance(tables, list) else ():
+        if isinstance(table, dict) and isinstance(table.get("file"), str) and table["file"] \
+                and not os.path.isabs(table["file"]):
+            table["file"] = os.path.normpath(base / table["file"])
 
 
 def origin_of(message: str, origins: dict[str, str]) -> str | None:

@@ -49,7 +49,7 @@ from torch import nn
 
 from dlf_torchrec import cli, io
 from dlf_torchrec.data.features import Encoder, output_fields
-from dlf_torchrec.data.formats import file_formats, schema_for
+from dlf_torchrec.data.formats import file_formats
 from dlf_torchrec.data.meta import FeatureSpec
 from dlf_torchrec.data.rawinput import (
     LabelMode,
@@ -63,6 +63,7 @@ from dlf_torchrec.data.rawinput import (
 from dlf_torchrec.data.reading import Rejections, line_chunks, open_input, report_rejections
 from dlf_torchrec.data.schema import Schema
 from dlf_torchrec.data.shards import Bags
+from dlf_torchrec.data.sidetables import dataset_schema
 from dlf_torchrec.oov import OovCounter
 from dlf_torchrec.run import Run, load_model, load_run, to_kjt
 
@@ -77,7 +78,8 @@ class PredictError(RuntimeError):
 def base_schema(run: Run, fmt: str | None = None, csv_schema: str | None = None) -> Schema:
     """The labelled raw schema of the run's dataset (``fmt``/``csv_schema`` override the config's)."""
     fmt = fmt or run.source_format
-    schema = schema_for(fmt, spec=csv_schema or run.cfg.dataset.schema, num_fields=len(run.meta.categorical))
+    # The one schema builder preprocessing uses too: the run's side tables are joined the same way.
+    schema = dataset_schema(run.cfg.dataset, spec=csv_schema, fmt=fmt, num_fields=len(run.meta.categorical))
     produced = output_fields(schema, run.cfg.dataset.numeric)[0] + [c.name for c in schema.bag_columns]
     expected = run.keys + [b.name for b in run.meta.bags]
     if produced != expected:
@@ -153,6 +155,9 @@ def score_stream(run: Run, model: nn.Module, lines: Iterator[bytes], out: IO[str
     if bad.total:
         print(f"[predict] {bad.total:,} malformed row(s) scored as nan", file=sys.stderr)
         report_rejections("[predict]", bad.by_reason, bad.examples)
+    for join, n in zip(schema.joins, encoder.unmatched, strict=False):
+        print(f"[predict] side table {join.file}: {n:,} row(s) without a match for key {join.key} (empty values)",
+              file=sys.stderr)
     oov.finish(opts.oov_warn, opts.oov_report)
     return rows, bad.total
 

@@ -46,16 +46,17 @@ def bag_spec(c: dict[str, Any], key: str) -> BagSpec:
     return BagSpec(sep.encode(), max_len, pooling, weighted, share)
 
 
-def check_shares(cols: list[Column], delimiter: str) -> None:
+def check_shares(cols: list[Column], delimiter: str | None, keys: list[str] | None = None) -> None:
     """Raise :class:`SchemaError` unless every ``share_embedding`` names a categorical or sequence column that owns
-    its table (no chains), and the bags of one table pool alike."""
+    its table (no chains), and the bags of one table pool alike (and no separator is the ``delimiter``, when given).
+    ``keys``: each column's config key for messages (default ``schema.columns[i]``)."""
     kinds = {c.name: c for c in cols}
     pooling: dict[str, tuple[str, str]] = {}
     for i, c in enumerate(cols):
         if c.bag is None:
             continue
-        key = f"schema.columns[{i}]"
-        if c.bag.separator == delimiter.encode():
+        key = keys[i] if keys else f"schema.columns[{i}]"
+        if delimiter is not None and c.bag.separator == delimiter.encode():
             raise SchemaError(f"{key}.separator: {delimiter!r} is also the schema's delimiter")
         table = c.bag.share_embedding or c.name
         target = kinds.get(table)

@@ -150,6 +150,8 @@ class Encoder:
     numeric: str
     vocabs: list[Vocab]
     bag_vocabs: list[Vocab] = dataclasses.field(default_factory=list)  # per bag field: its table's vocabulary
+    # Per side table of ``schema.joins``: accepted rows so far whose key the table lacks (docs/data.md#side-tables).
+    unmatched: list[int] = dataclasses.field(default_factory=list)
 
     @classmethod
     def for_dataset(cls, schema: Schema, numeric: str, meta: DatasetMeta, vocab: dict[str, list[str]]) -> Encoder:
@@ -178,6 +180,8 @@ class Encoder:
         if pc.n_lines != len(lines):
             raise AssertionError(f"parser saw {pc.n_lines} lines in a chunk of {len(lines)}")
         keys, dense = featurize(pc, self.numeric)
+        missing = (~pc.joined).sum(axis=0).tolist()
+        self.unmatched = [a + b for a, b in zip(self.unmatched or [0] * len(missing), missing, strict=True)]
         sparse = np.empty((len(pc.ok_idx), len(self.vocabs)), dtype=np.int64)
         for j, (vocab, k) in enumerate(zip(self.vocabs, keys, strict=True)):
             sparse[:, j] = vocab.ids(k)

@@ -34,7 +34,11 @@ def input_fingerprint(path: str) -> dict[str, Any]:
 
 def input_fingerprints(cfg: DatasetConfig, resolve: Any) -> dict[str, dict[str, Any]]:
     """Fingerprint of every raw input of ``cfg``; ``resolve(path, key)`` turns a config path into a file path."""
-    return {key: input_fingerprint(resolve(getattr(cfg, key), key)) for key in INPUT_KEYS if getattr(cfg, key)}
+    out = {key: input_fingerprint(resolve(getattr(cfg, key), key)) for key in INPUT_KEYS if getattr(cfg, key)}
+    for i, table in enumerate(cfg.side_tables):  # a side table's content is part of the data too
+        if isinstance(table, dict) and isinstance(table.get("file"), str):
+            out[f"side_tables[{i}]"] = input_fingerprint(resolve(table["file"], f"side_tables[{i}].file"))
+    return out
 
 
 def stale_reasons(cfg: DatasetConfig, resolve: Any) -> list[str]:
@@ -63,5 +67,5 @@ def stale_reasons(cfg: DatasetConfig, resolve: Any) -> list[str]:
             elif before != current:
                 diff = ", ".join(k for k in current if before.get(k) != current[k])
                 reasons.append(f"dataset.{key} {current['path']}: {diff} changed")
-        reasons += [f"dataset.{key} removed" for key in recorded if not getattr(cfg, key)]
+        reasons += [f"dataset.{key} removed" for key in recorded if key in INPUT_KEYS and not getattr(cfg, key)]
     return reasons

@@ -108,6 +108,9 @@ class DatasetMeta:
     format_version: int = FORMAT_VERSION
     # Multi-valued fields (docs/data.md#multi-valued), after the categorical ones in model input order.
     bags: list[BagField] = field(default_factory=list)
+    # Side tables joined by key (docs/data.md#side-tables): file, key, columns, rows, and per split the rows whose
+    # key the table lacks ("unmatched"); left out of meta.json when there are none.
+    side_tables: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -119,6 +122,8 @@ class DatasetMeta:
             del raw["bags"]
             for info in raw["splits"].values():
                 del info["bag_values"]
+        if not self.side_tables:
+            del raw["side_tables"]
         io.write_json(os.path.join(directory, META_FILE), raw)
 
     @classmethod

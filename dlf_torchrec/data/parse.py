@@ -79,12 +79,13 @@ class RowRejected(ValueError):
 class Row:
     """One parsed row: ``label`` in {0., 1.}, ``numeric`` per numeric column (None = missing), ``categorical``
     tokens in ``schema.categorical_fields`` order (``b""`` = missing), ``bags`` per bag column (file order) its
-    item tokens and, when weighted, their weights."""
+    item tokens and, when weighted, their weights; ``joined`` per side table whether the row's key was found."""
 
     label: float
     numeric: tuple[float | None, ...]
     categorical: tuple[bytes, ...]
     bags: tuple[tuple[tuple[bytes, ...], tuple[float, ...] | None], ...] = ()
+    joined: tuple[bool, ...] = ()
 
 
 _INT_RE = re.compile(rb"(-?[0-9]+)(?:\.0*)?")
@@ -209,11 +210,16 @@ def parse_line(schema: Schema, line: bytes | str) -> Row:
         raise RowRejected(FIELD_COUNT, f"expected {schema.n_columns}, got {len(parts)}")
     if schema.positions is not None:  # the file's header lists the columns in another order
         parts = [parts[i] for i in schema.positions]
+    columns = schema.columns
+    joined: tuple[bool, ...] = ()
+    if schema.joins:  # side tables: their values follow the row's own (docs/data.md#side-tables)
+        parts, joined = schema.joined(parts)
+        columns = schema.feature_columns
     label = 0.0
     numeric: list[float | None] = []
     tokens: dict[str, bytes] = {}
     bags = []
-    for col, p in zip(schema.columns, parts, strict=True):
+    for col, p in zip(columns, parts, strict=True):
         kind = col.kind
         if kind == "label":
             label = _label(p, libfm) if schema.label_rule is None else _ruled_label(schema.label_rule, p, col.name)
@@ -234,7 +240,7 @@ def parse_line(schema: Schema, line: bytes | str) -> Row:
             tokens["hour"], tokens["weekday"], tokens["weekend"] = hour_tokens(p)
         elif kind == "sequence":
             bags.append(_bag(p, col))
-    return Row(label, tuple(numeric), tuple(tokens[n] for n in schema.categorical_fields), tuple(bags))
+    return Row(label, tuple(numeric), tuple(tokens[n] for n in schema.categorical_fields), tuple(bags), joined)
 
 
 # ------------------------------------------------------------------------------------------- chunk parsing
@@ -247,7 +253,8 @@ class ParsedChunk:
     ok_idx int64 [m]: line index within the chunk; labels float32 [m]; numeric float64 [m, n_numeric] (NaN =
     missing); categorical: per output categorical field a [m] uint64 (packed) or ``S`` array;
     rejected: (line index, reason, detail) per rejected line, in line order; line_start int64 [n_lines]: byte
-    offset of every line within the buffer; bags: per bag column (file order) a :class:`BagColumn` of the m rows.
+    offset of every line within the buffer; bags: per bag column (file order) a :class:`BagColumn` of the m rows;
+    joined bool [m, side tables]: whether each row's key was found in each side table.
     """
 
     n_lines: int
@@ -258,6 +265,7 @@ class ParsedChunk:
     rejected: list[tuple[int, str, str]]
     line_start: np.ndarray  # int64 [n_lines]: byte offset of every line within the buffer
     bags: list[BagColumn] = dataclasses.field(default_factory=list)
+    joined: np.ndarray = dataclasses.field(default_factory=lambda: np.ones((0, 0), dtype=bool))
 
 
 def tokens_to_keys(tokens: list[bytes]) -> np.ndarray:
@@ -352,6 +360,7 @@ def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
         rejected=[(i + int(o), r, d) for p, o in zip(pieces, offsets, strict=False) for i, r, d in p.rejected],
         line_start=np.concatenate([p.line_start + b for p, b in zip(pieces, starts, strict=True)]),
         bags=concat_bags([p.bags for p in pieces]),
+        joined=np.concatenate([p.joined for p in pieces]),
     )
 
 
@@ -360,7 +369,8 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         buf += b"\n"
     fmt = FORMATS.get(schema.format)
     # The fast parsers read columns at fixed positions: a file whose header reorders them (rare) is parsed per row.
-    fast = fmt.fast if fmt is not None and schema.positions is None and not schema.bag_columns else None
+    fast = fmt.fast if fmt is not None and schema.positions is None and not schema.bag_columns and not schema.joins \
+        else None
     if fast is not None and schema.delimiter not in (None, chr(fast.delimiter)):  # e.g. Criteo as a header CSV
         fast = None
     if fast is None or not buf:
@@ -370,7 +380,9 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         line_start = np.zeros(len(lines), dtype=np.int64)
         if lines:
             line_start[1:] = np.cumsum([len(x) + 1 for x in lines[:-1]])
-        return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected, line_start, _bag_columns(schema, rows))
+        joined = np.array([r.joined for r in rows], dtype=bool).reshape(len(rows), len(schema.joins))
+        return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected, line_start, _bag_columns(schema, rows),
+                           joined)
     f = Fields(buf, fast.delimiter, schema.n_columns, fast.forbid)
     ok, labels, numeric, keys = fast.parse(f)
     fast_idx = f.eligible[ok]
@@ -391,4 +403,4 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         numeric = np.concatenate([numeric, s_numeric])[order]
         cats = [concat_keys([c, sc])[order] for c, sc in zip(cats, s_cats, strict=True)]
     return ParsedChunk(f.n_lines, fast_idx.astype(np.int64), labels.astype(np.float32), numeric, cats, rejected,
-                       f.line_start)
+                       f.line_start, joined=np.ones((len(fast_idx), 0), dtype=bool))

@@ -46,7 +46,7 @@ from dlf_torchrec import cli, io
 from dlf_torchrec.config import DatasetConfig
 from dlf_torchrec.data.features import Vocab, distinct, featurize, output_fields, token_strings
 from dlf_torchrec.data.fingerprint import input_fingerprints, stale_reasons
-from dlf_torchrec.data.formats import FORMATS, get_format
+from dlf_torchrec.data.formats import FORMATS
 from dlf_torchrec.data.meta import META_FILE, VOCAB_FILE, BagField, CategoricalField, DatasetMeta, SplitInfo
 from dlf_torchrec.data.parse import parse_chunk
 from dlf_torchrec.data.reading import (
@@ -56,12 +56,12 @@ from dlf_torchrec.data.reading import (
     RejectList,
     file_chunks,
     file_schema,
-    first_nonblank_line,
     header_bytes,
     report_rejections,
 )
 from dlf_torchrec.data.schema import Schema
 from dlf_torchrec.data.shards import Bags, ShardWriter
+from dlf_torchrec.data.sidetables import dataset_schema
 from dlf_torchrec.data.splits import SPLIT_RULE, SPLITS, check_ratios, content_ends, random_splits
 from dlf_torchrec.data.vocab import KeyCounter, chunk_counts
 
@@ -101,7 +101,8 @@ class _Plan:
 class _Features:
     """One parsed chunk, featurised: labels float32 [m], split index int8 [m], dense float32 [m, D] and per
     categorical field its distinct keys [u] with each row's index into them, uint16/int32 [m]; per bag field its
-    lengths [m], (distinct keys, each item's index into them) and weights float32 [items] or None."""
+    lengths [m], (distinct keys, each item's index into them) and weights float32 [items] or None; joined bool
+    [m, side tables]: whether each row's key was found in each side table."""
 
     n_lines: int
     rejected: RejectList
@@ -110,6 +111,7 @@ class _Features:
     fields: list[tuple[np.ndarray, np.ndarray]]
     dense: np.ndarray
     bags: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray | None]]
+    joined: np.ndarray
 
 
 def _featurize(plan: _Plan, job: FileChunk) -> _Features:
@@ -119,7 +121,7 @@ def _featurize(plan: _Plan, job: FileChunk) -> _Features:
     keys, dense = featurize(pc, plan.numeric)
     splits = plan.row_splits(job.file_idx, buf, pc.line_start, pc.ok_idx)
     bags = [(b.lengths, distinct(b.keys), b.weights) for b in pc.bags]
-    return _Features(pc.n_lines, pc.rejected, pc.labels, splits, [distinct(k) for k in keys], dense, bags)
+    return _Features(pc.n_lines, pc.rejected, pc.labels, splits, [distinct(k) for k in keys], dense, bags, pc.joined)
 
 
 def _count_job(plan: _Plan, cache_dir: str | None, job: FileChunk) -> tuple[int, RejectList, list, str | None]:
@@ -141,8 +143,8 @@ def _count_job(plan: _Plan, cache_dir: str | None, job: FileChunk) -> tuple[int,
 
 def _transform_job(plan: _Plan, vocabs: list[Vocab], job: FileChunk | str) -> tuple[int, RejectList, dict]:
     """Pass 2 (a raw chunk or a pass-1 cache file): (lines, rejections, {split: (labels, sparse int32 [m, F],
-    dense float32 [m, D], [Bags per bag field])}); ``vocabs``: per categorical field, then per bag field (its
-    table's vocabulary)."""
+    dense float32 [m, D], [Bags per bag field], rows without a match per side table int64 [J])}); ``vocabs``: per
+    categorical field, then per bag field (its table's vocabulary)."""
     if isinstance(job, str):
         with open(job, "rb") as f:
             feats = pickle.load(f)
@@ -159,12 +161,12 @@ def _transform_job(plan: _Plan, vocabs: list[Vocab], job: FileChunk | str) -> tu
     out = {}
     for s in present:
         if len(present) == 1:
-            out[s] = (feats.labels, np.ascontiguousarray(ids.T), feats.dense, bags)
+            out[s] = (feats.labels, np.ascontiguousarray(ids.T), feats.dense, bags, (~feats.joined).sum(axis=0))
         else:
             rows = feats.splits == s
             sel = np.flatnonzero(rows)
             out[s] = (feats.labels[sel], np.ascontiguousarray(ids[:, sel].T), feats.dense[sel],
-                      [_select(b, rows) for b in bags])
+                      [_select(b, rows) for b in bags], (~feats.joined[sel]).sum(axis=0))
     return feats.n_lines, feats.rejected, out
 
 
@@ -228,7 +230,6 @@ def _progress(enabled: bool, total: int | None, desc: str) -> Any:
 
 
 def _make_plan(cfg: DatasetConfig) -> _Plan:
-    fmt = get_format(cfg.format)
     if not cfg.train:
         raise ValueError("dataset.train: required (the raw training file)")
     files = [(_resolve(cfg.train, "train"), -1 if not (cfg.valid or cfg.test) else 0)]
@@ -236,8 +237,7 @@ def _make_plan(cfg: DatasetConfig) -> _Plan:
         files.append((_resolve(cfg.valid, "valid"), 1))
     if cfg.test:
         files.append((_resolve(cfg.test, "test"), 2))
-    num_fields = fmt.count_fields(first_nonblank_line(files[0][0])) if fmt.count_fields else None
-    schema = fmt.schema(cfg.schema, num_fields)
+    schema = dataset_schema(cfg)  # side tables joined: the schema predict builds too
     file_schemas = [file_schema(path, schema) for path, _ in files]  # header mismatches fail before any work
     ratios = check_ratios(cfg.split) if files[0][1] == -1 else None
     return _Plan(schema, file_schemas, cfg.numeric, ratios, cfg.split_seed, files)  # type: ignore[arg-type]
@@ -341,6 +341,7 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
     rejections = Rejections(cfg.bad_rows)
     files: list[_FileCounts] = []
     positives = dict.fromkeys(splits, 0)
+    unmatched = {s: np.zeros(len(plan.schema.joins), dtype=np.int64) for s in splits}
     total = pass1_lines if len(plan.files) == 1 else None
     try:
         with _progress(cfg.progress, total, "write") as bar:
@@ -354,9 +355,10 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
                                                           _worker_transform, workers, (plan, vocabs, None)):
                     counts.rejections.add(path, line, rejected)
                     line += n_lines
-                    for s, (labels, sparse, dense, bags) in sorted(parts.items()):
+                    for s, (labels, sparse, dense, bags, missing) in sorted(parts.items()):
                         writer.append(SPLITS[s], labels, sparse, dense, bags)
                         positives[SPLITS[s]] += int((labels > 0.5).sum())
+                        unmatched[SPLITS[s]] += missing
                     counts.read += n_lines
                     bar.update(n_lines)
                 rejections.merge(counts.rejections)
@@ -389,6 +391,9 @@ def _preprocess(cfg: DatasetConfig, plan: _Plan, workers: int, cache: str, t0: f
         split_rule=SPLIT_RULE if plan.ratios else None,
         bags=[BagField(c.name, len(table_vocabs[t].keys) + 2, t, c.bag.pooling, c.bag.weighted)
               for c, t in zip(bag_cols, table_of[len(names):], strict=True) if c.bag],
+        side_tables=[{"file": j.file, "key": j.key, "columns": [c.name for c in j.columns], "rows": len(j.rows),
+                      "unmatched": {s: int(unmatched[s][i]) for s in splits}}
+                     for i, j in enumerate(plan.schema.joins)],
     )
     meta.save(out)
     elapsed = time.perf_counter() - t0
@@ -406,6 +411,10 @@ def _summary(meta: DatasetMeta, out: str, elapsed: float) -> None:
           f"{f'{len(meta.bags)} bag fields, ' if meta.bags else ''}total vocab {vocab:,}, "
           f"{len(meta.dense)} dense -> {out}", file=sys.stderr)
     report_rejections("[preprocess]", meta.rejected_by_reason, meta.rejected_examples)
+    for t in meta.side_tables:
+        missing = ", ".join(f"{s} {n:,}" for s, n in t["unmatched"].items())
+        print(f"[preprocess]   side table {t['file']} ({t['rows']:,} rows, key {t['key']}): rows without a match "
+              f"(empty values): {missing}", file=sys.stderr)
 
 
 def ensure_preprocessed(cfg: DatasetConfig) -> str:

@@ -136,7 +136,7 @@ def header_order(schema: Schema, line: bytes) -> Schema:
     Raises :class:`DataError` (one line, without the file name) when a schema column is missing from the header,
     or the header names a column the schema does not have, or names one twice.
     """
-    names = line_names(line, schema.delimiter)
+    names = line_names(line, schema.delimiter, schema.typed_header)
     expected = [c.name for c in schema.columns]
     counts = collections.Counter(names)
     problems = [f"{what} {bad}" for what, bad in (

@@ -24,10 +24,12 @@ class SchemaError(ValueError):
     """A bad schema or an unknown format; the message names the offending key."""
 
 
-def line_names(line: bytes, delimiter: str | None) -> list[str]:
-    """The names of a header ``line``: its fields, trimmed of spaces and of a UTF-8 byte-order mark."""
+def line_names(line: bytes, delimiter: str | None, typed: bool = False) -> list[str]:
+    """The names of a header ``line``: its fields, trimmed of spaces and of a UTF-8 byte-order mark; ``typed``:
+    without their ``:type`` suffix (RecBole's ``user_id:token``)."""
     fields = line.removeprefix(codecs.BOM_UTF8).rstrip(b"\r\n").split(delimiter.encode() if delimiter else None)
-    return [f.decode("utf-8", "replace").strip() for f in fields]
+    names = [f.decode("utf-8", "replace").strip() for f in fields]
+    return [n.rpartition(":")[0] or n for n in names] if typed else names
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,23 @@ class LabelRule:
 
 
 @dataclass(frozen=True)
+class Join:
+    """A side table joined to each row by key (docs/data.md#side-tables): the row's raw value of column ``key``
+    (any column of the row, also a skipped one) is looked up in ``rows`` (raw key -> the raw values of ``columns``,
+    held in memory); a missing key gives empty values (categorical: OOV, numeric: missing, sequence: empty bag).
+    ``file``: the side table's path (for messages)."""
+
+    file: str
+    key: str
+    columns: tuple[Column, ...]
+    rows: dict[bytes, tuple[bytes, ...]] = dataclasses.field(compare=False, hash=False, repr=False)
+
+    def values(self, key: bytes) -> tuple[bytes, ...] | None:
+        """The side values of raw key ``key``, or None when the table has no such key."""
+        return self.rows.get(key)
+
+
+@dataclass(frozen=True)
 class Schema:
     """Raw columns of one format and the output fields they produce.
 
@@ -87,6 +106,8 @@ class Schema:
     ``positions``: for a file whose header lists the columns in another order, the file position of each column
     (None = file order is ``columns`` order; set by :func:`dlf_torchrec.data.reading.header_order`).
     ``label_rule``: how the label column's values map to 0/1 (None: the values are ``0``/``1``).
+    ``joins``: side tables joined to each row by key; their columns follow the row's own (``feature_columns``).
+    ``typed_header``: header names carry a ``:type`` suffix (RecBole atomic files), ignored when matching by name.
     """
 
     format: str
@@ -97,19 +118,26 @@ class Schema:
     header_prefix: bytes = b""
     positions: tuple[int, ...] | None = None
     label_rule: LabelRule | None = None
+    joins: tuple[Join, ...] = ()
+    typed_header: bool = False
 
     @property
     def n_columns(self) -> int:
         return len(self.columns)
 
     @property
+    def feature_columns(self) -> tuple[Column, ...]:
+        """The row's own columns, then each joined side table's (the order of the output fields)."""
+        return self.columns + tuple(c for j in self.joins for c in j.columns)
+
+    @property
     def numeric_fields(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if c.kind in ("numeric", "int"))
+        return tuple(c.name for c in self.feature_columns if c.kind in ("numeric", "int"))
 
     @property
     def bag_columns(self) -> tuple[Column, ...]:
-        """The multi-valued (``sequence``) columns, file order: the output bag fields."""
-        return tuple(c for c in self.columns if c.kind == "sequence")
+        """The multi-valued (``sequence``) columns, file order then side tables: the output bag fields."""
+        return tuple(c for c in self.feature_columns if c.kind == "sequence")
 
     @property
     def label_index(self) -> int:
@@ -128,7 +156,18 @@ class Schema:
             return False
         if self.header_prefix and line.startswith(self.header_prefix):
             return True
-        return sorted(line_names(line, self.delimiter)) == sorted(c.name for c in self.columns)
+        return sorted(line_names(line, self.delimiter, self.typed_header)) == sorted(c.name for c in self.columns)
+
+    def joined(self, parts: list[bytes]) -> tuple[list[bytes], tuple[bool, ...]]:
+        """A row's raw values (schema order) followed by each side table's values for its key; and per side table
+        whether the key was found (a missing key gives empty values)."""
+        names = [c.name for c in self.columns]
+        found = []
+        for j in self.joins:
+            values = j.values(parts[names.index(j.key)])
+            found.append(values is not None)
+            parts = parts + list(values if values is not None else (b"",) * len(j.columns))
+        return parts, tuple(found)
 
     def without_label(self) -> Schema:
         """The variant for unlabelled input: the label column removed (rows parse with label 0, ignored)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlf_torchrec.data.formats import avazu, criteo, csv, libfm, synthetic
+from dlf_torchrec.data.formats import avazu, criteo, csv, libfm, recbole, synthetic
 from dlf_torchrec.data.formats.base import Format
 from dlf_torchrec.data.schema import Schema, SchemaError
 
@@ -18,6 +18,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     avazu.FORMAT,
     libfm.FORMAT,
     csv.FORMAT,
+    recbole.FORMAT,
     synthetic.FORMAT,
 )}
 

@@ -27,6 +27,8 @@ class Format:
         is_complete: preprocessed dir -> whether an existing dataset has everything ``finish`` adds (else it is
             generated and preprocessed again).
         numeric: what ``dataset.numeric: auto`` (the default) means for this format's numeric columns.
+        header_schema: for formats whose first line gives the columns (RecBole's typed header): ``(spec, first line,
+            file name) -> Schema``; then ``schema`` is not used.
     """
 
     name: str
@@ -38,3 +40,4 @@ class Format:
     finish: Callable[[Any, str], None] | None = None
     is_complete: Callable[[str], bool] | None = None
     numeric: str = "bucketize"
+    header_schema: Callable[[Any, bytes, str], Schema] | None = None

@@ -66,7 +66,7 @@ def _value_map(mapping: Any) -> LabelRule:
     return LabelRule(mapping=tuple(pairs.items()))
 
 
-def _label(spec: Any) -> tuple[Any, LabelRule | None]:
+def label_spec(spec: Any) -> tuple[Any, LabelRule | None]:
     """``schema.label`` -> (label column name, its rule or None); the name is checked by the caller."""
     if not isinstance(spec, dict):
         return spec, None
@@ -76,6 +76,38 @@ def _label(spec: Any) -> tuple[Any, LabelRule | None]:
     if ("rule" in spec) == ("map" in spec):
         raise SchemaError("schema.label: give exactly one of rule (e.g. '>= 4') or map (e.g. {\"yes\": 1, \"no\": 0})")
     return spec.get("column"), _threshold(spec["rule"]) if "rule" in spec else _value_map(spec["map"])
+
+
+def csv_columns(raw_cols: Any, label: str | None, prefix: str) -> list[Column]:
+    """Validate a list of csv column mappings ``{name, type, ...}`` (``prefix``: its key, for errors); the column
+    named ``label`` (if any) becomes the label. Side tables (:mod:`dlf_torchrec.data.sidetables`) reuse it."""
+    if not isinstance(raw_cols, list) or not raw_cols:
+        raise SchemaError(f"{prefix}: expected a non-empty list of {{name, type}}")
+    cols: list[Column] = []
+    seen: set[str] = set()
+    for i, c in enumerate(raw_cols):
+        key = f"{prefix}[{i}]"
+        if not isinstance(c, dict):
+            raise SchemaError(f"{key}: expected a mapping {{name, type}}, got {c!r}")
+        name, typ = c.get("name"), c.get("type", "categorical")
+        known = ("name", "type") + (BAG_KEYS if typ == "sequence" else ())
+        bad = [k for k in c if k not in known]
+        if bad:
+            hint = "" if typ == "sequence" or not set(bad) & set(BAG_KEYS) else "; those are keys of type: sequence"
+            raise SchemaError(f"{key}: unknown key(s) {bad} (known: {', '.join(known)}){hint}")
+        if not isinstance(name, str) or not name:
+            raise SchemaError(f"{key}.name: expected a non-empty string, got {name!r}")
+        if name in seen:
+            raise SchemaError(f"{key}.name: duplicate column name {name!r}")
+        seen.add(name)
+        if typ not in _CSV_TYPES:
+            raise SchemaError(f"{key}.type: expected one of {', '.join(_CSV_TYPES)}, got {typ!r}")
+        if name == label:
+            typ = "label"
+        elif typ == "label":
+            raise SchemaError(f"{key}.type: 'label' but schema.label is {label!r}")
+        cols.append(Column(name, typ, bag_spec(c, key) if typ == "sequence" else None))
+    return cols
 
 
 def csv_schema(spec: dict[str, Any] | str | os.PathLike[str]) -> Schema:
@@ -99,40 +131,14 @@ def csv_schema(spec: dict[str, Any] | str | os.PathLike[str]) -> Schema:
     header = spec.get("header", False)
     if not isinstance(header, bool):
         raise SchemaError(f"schema.header: expected true/false, got {header!r}")
-    label, rule = _label(spec.get("label"))
+    label, rule = label_spec(spec.get("label"))
     if not isinstance(label, str) or not label:
         key = "schema.label.column" if isinstance(spec.get("label"), dict) else "schema.label"
         raise SchemaError(f"{key}: expected the label column's name, got {label!r}")
-    raw_cols = spec.get("columns")
-    if not isinstance(raw_cols, list) or not raw_cols:
-        raise SchemaError("schema.columns: expected a non-empty list of {name, type}")
-    cols: list[Column] = []
-    seen: set[str] = set()
-    for i, c in enumerate(raw_cols):
-        key = f"schema.columns[{i}]"
-        if not isinstance(c, dict):
-            raise SchemaError(f"{key}: expected a mapping {{name, type}}, got {c!r}")
-        name, typ = c.get("name"), c.get("type", "categorical")
-        known = ("name", "type") + (BAG_KEYS if typ == "sequence" else ())
-        bad = [k for k in c if k not in known]
-        if bad:
-            hint = "" if typ == "sequence" or not set(bad) & set(BAG_KEYS) else "; those are keys of type: sequence"
-            raise SchemaError(f"{key}: unknown key(s) {bad} (known: {', '.join(known)}){hint}")
-        if not isinstance(name, str) or not name:
-            raise SchemaError(f"{key}.name: expected a non-empty string, got {name!r}")
-        if name in seen:
-            raise SchemaError(f"{key}.name: duplicate column name {name!r}")
-        seen.add(name)
-        if typ not in _CSV_TYPES:
-            raise SchemaError(f"{key}.type: expected one of {', '.join(_CSV_TYPES)}, got {typ!r}")
-        if name == label:
-            typ = "label"
-        elif typ == "label":
-            raise SchemaError(f"{key}.type: 'label' but schema.label is {label!r}")
-        cols.append(Column(name, typ, bag_spec(c, key) if typ == "sequence" else None))
+    cols = csv_columns(spec.get("columns"), label, "schema.columns")
     check_shares(cols, delim)
-    if label not in seen:
-        raise SchemaError(f"schema.label: {label!r} is not among the columns {sorted(seen)}")
+    if label not in {c.name for c in cols}:
+        raise SchemaError(f"schema.label: {label!r} is not among the columns {sorted(c.name for c in cols)}")
     cat = tuple(c.name for c in cols if c.kind == "categorical")
     if not cat and not any(c.kind in ("numeric", "sequence") for c in cols):
         raise SchemaError("schema.columns: no categorical, sequence or numeric feature column")
