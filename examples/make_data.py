@@ -61,7 +61,7 @@ def movielens(out: str, rows: int, rng: np.random.Generator) -> None:
 
 def taobao(out: str, rows: int, rng: np.random.Generator) -> None:
     """A header CSV in the Taobao display-ad layout of FuxiCTR's demo data, plus a user side table."""
-    n_users, n_ads = max(rows // 20, 50), max(rows // 10, 50)
+    n_users, n_ads = max(rows // 20, 50), max(rows // 40, 50)
     user = rng.integers(0, n_users, rows)
     ad = rng.integers(0, n_ads, rows)
     level = rng.integers(1, 4, n_users)
@@ -73,7 +73,7 @@ def taobao(out: str, rows: int, rng: np.random.Generator) -> None:
                   [history[u][rng.integers(len(history[u]))] if len(history[u]) else 0 for u in user], ad)
     cate = ad % 37
     in_hist = np.array([a in history[u] for u, a in zip(user, ad, strict=True)])
-    logit = -2.2 + 1.8 * in_hist + 0.5 * (level[user] - 2) - 0.3 * (np.log(price[ad]) - 3.5)
+    logit = -2.2 + 1.8 * in_hist + 0.8 * (level[user] - 2) - 0.3 * (np.log(price[ad]) - 3.5)
     clk = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
     ts = 1494000000 + np.sort(rng.integers(0, 7 * 86400, rows))
     lines = []
