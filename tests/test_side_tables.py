@@ -64,6 +64,12 @@ def test_join_counts_missing_keys_and_gives_oov_and_empty_bags(tmp_path: Path) -
     np.testing.assert_array_equal(sparse, np.asarray(arr.sparse))
     np.testing.assert_array_equal(dense2, np.asarray(arr.dense))
     assert bags[1].lengths.tolist() == [2, 0, 0, 2, 0] and enc.unmatched == [2]
+    # the side table is an input: editing it makes the preprocessed data stale
+    from dlf_torchrec.data.fingerprint import stale_reasons
+    from dlf_torchrec.data.preprocess import _resolve
+    assert stale_reasons(cfg, _resolve) == []
+    Path(cfg.side_tables[0]["file"]).write_text(USERS + "40,u3,c\n")
+    assert any(r.startswith("dataset.side_tables[0] ") for r in stale_reasons(cfg, _resolve))
 
 
 @pytest.mark.parametrize(("users", "side", "message"), [
