@@ -1,0 +1,103 @@
+"""SIGTERM (preemption) without Slurm: every rank stops after the same step with a checkpoint, exits with 143, and
+the same command again (what a scheduler's requeue runs) ends with exactly the metrics of an uninterrupted run.
+The Slurm version (scancel --signal=TERM, requeue) is in tests/test_slurm_cluster.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_reliability import REPO, _args, _events, _popen, _torchrun, _wait, _worker, data_dir  # noqa: F401
+
+from dlf_torchrec.training.preemption import EXIT_PREEMPTED, StopRequest
+
+pytestmark = pytest.mark.slow
+EXTRA = ["training.checkpoint_every_steps=4", "model.dropout=0.1", "training.evaluate_test=false"]
+
+
+def _evals(run: Path) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "time"} for e in _events(run) if e["event"] == "eval"]
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """An uninterrupted 2-rank run of the configuration the tests interrupt."""
+    run = tmp_path_factory.mktemp("preemption") / "reference"
+    log = run.parent / "reference.log"
+    proc = _popen([*_torchrun(2, 0), "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)], log)
+    assert _wait(proc, 300, log) == 0, log.read_text()[-4000:]
+    return run
+
+
+def _signal_after_first_checkpoint(proc: subprocess.Popen, run: Path, log: Path, target: int | None) -> None:
+    """SIGTERM the torchrun agent (``target`` None: as Slurm signals a job step) or worker ``target`` once the run
+    is past its first periodic checkpoint, mid-epoch."""
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(e["event"] == "checkpoint" and e["epoch"] == 0 for e in _events(run)):
+            pid = proc.pid if target is None else _worker(proc.pid, target)
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+                return
+        time.sleep(0.05)
+    pytest.fail(f"never saw a mid-epoch checkpoint of a live run:\n{log.read_text()[-4000:]}")
+
+
+def _assert_resumed_exactly(run: Path, reference: Path) -> None:
+    events = _events(run)
+    stops = [e for e in events if e["event"] == "preempted"]
+    assert len(stops) == 1 and stops[0]["signal"] == signal.SIGTERM, stops
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert [r["step"] for r in resumes] == [stops[0]["step"]], (stops, resumes)
+    assert json.loads((run / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
+    assert _evals(run) == _evals(reference)
+
+
+def test_sigterm_to_torchrun_checkpoints_and_rerun_resumes_exactly(data_dir: str, reference: Path,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    """SIGTERM to the torchrun agent (what Slurm does on preemption or scancel --signal=TERM): it forwards the signal
+    to its workers, they checkpoint after the same step and exit 143; the same command again resumes exactly."""
+    run, log = tmp_path / "run", tmp_path / "preempted.log"
+    cmd = [*_torchrun(2, 0), "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)]
+    proc = _popen(cmd, log)
+    _signal_after_first_checkpoint(proc, run, log, None)
+    assert _wait(proc, 120, log) != 0  # torchrun itself ends with the SignalException of the SIGTERM it got
+    text = log.read_text()
+    assert text.count("got SIGTERM: stopping after this step with a checkpoint") == 2, text[-4000:]
+    assert "stopped by SIGTERM after step" in text and "run the same command again" in text, text[-4000:]
+    assert not (run / "results.json").exists()
+
+    rerun = _popen(cmd, tmp_path / "rerun.log")
+    assert _wait(rerun, 300, tmp_path / "rerun.log") == 0, (tmp_path / "rerun.log").read_text()[-4000:]
+    _assert_resumed_exactly(run, reference)
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(data_dir: str, reference: Path,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    """Only rank 1 gets SIGTERM: the per-step all-reduce of the stop flag makes rank 0 stop after the same step;
+    rank 1 exits 143, torchrun (--max-restarts 1) restarts both workers and they resume exactly."""
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    proc = _popen([*_torchrun(2, 1), "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)], log)
+    _signal_after_first_checkpoint(proc, run, log, 1)
+    assert _wait(proc, 300, log) == 0, log.read_text()[-4000:]
+    text = log.read_text()
+    assert text.count("got SIGTERM") == 1, text[-4000:]  # rank 1 only
+    # Rank 0 stopped too (same step, exit 143), so torchrun saw a failed worker group and restarted it.
+    assert f"failed (exitcode: {EXIT_PREEMPTED}) local_rank: 0" in text, text[-4000:]
+    _assert_resumed_exactly(run, reference)
+
+
+def test_stop_request_records_the_signal_and_restores_the_handler() -> None:
+    """Single process: the handler only records SIGTERM (the process goes on); leaving restores the old handler."""
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest(torch.device("cpu")) as stop:
+        assert not stop.agreed()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.agreed() and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
