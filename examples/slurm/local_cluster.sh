@@ -8,6 +8,7 @@
 #   examples/slurm/local_cluster.sh status   daemons, nodes (sinfo) and jobs (squeue)
 #   examples/slurm/local_cluster.sh env      the exports that point Slurm's commands at this cluster
 #   examples/slurm/local_cluster.sh down     stop every daemon, drop the /etc/hosts entries, delete the directory
+# Exit status: 0, 1 (a daemon did not come up: see $DLF_SLURM_DIR/log), 2 (usage), 3 (apt-get failed).
 #
 # Everything (config, munge key and socket, database, state, spool, logs, pid files) lives under $DLF_SLURM_DIR
 # (default /tmp/dlf-slurm). Slurm's commands find this cluster through SLURM_CONF (printed by `env`):
@@ -25,7 +26,7 @@ CPUS=${DLF_SLURM_CPUS:-$(nproc)}
 MEM_MB=${DLF_SLURM_MEM_MB:-4096}
 DBD_PORT=$((PORT + ${#NODES[@]} + 1))
 DB_PORT=$((PORT + ${#NODES[@]} + 2))
-HOSTS_TAG="# dlf-slurm local cluster"
+HOSTS_TAG="# dlf-slurm local cluster $DIR"
 export SLURM_CONF=$DIR/slurm.conf
 
 log() { echo "[local_cluster] $*" >&2; }
@@ -38,8 +39,11 @@ install_packages() {
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing slurm-wlm, slurmdbd, munge and mariadb-server (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends slurm-wlm slurmdbd munge mariadb-server >/dev/null
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends slurm-wlm slurmdbd munge \
+            mariadb-server >/dev/null; }; then
+        log "apt-get could not install the packages (no root, or no package mirror reachable?)"
+        exit 3
+    fi
     # The packages may start their own daemons (systemd); this cluster runs its own on other ports and sockets.
 }
 
@@ -67,7 +71,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$DIR/munge/munge.socket.2
+# cred_expire also delays the start of a requeued job (default 120 s).
+AuthInfo=socket=$DIR/munge/munge.socket.2,cred_expire=15
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
@@ -90,6 +95,9 @@ JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/backfill
+# Only the backfill scheduler starts heterogeneous jobs (torchx submits one het group per node): every second,
+# not every 30 s.
+SchedulerParameters=bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
