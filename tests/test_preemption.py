@@ -1,6 +1,6 @@
-"""SIGTERM (preemption) without Slurm: every rank stops after the same step with a checkpoint, exits with 143, and
-the same command again (what a scheduler's requeue runs) ends with exactly the metrics of an uninterrupted run.
-The Slurm version (scancel --signal=TERM, requeue) is in tests/test_slurm_cluster.py."""
+"""SIGTERM (preemption) without Slurm: every rank stops after the same step with a checkpoint and exits with 143,
+and the job started again (torchrun's restart here, a scheduler's requeue on a cluster) ends with exactly the metrics
+of an uninterrupted run. The Slurm version (scancel --signal=TERM, requeue) is in tests/test_slurm_cluster.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_reliability import REPO, _args, _events, _popen, _torchrun, _wait, _worker, data_dir  # noqa: F401
+from test_reliability import _args, _events, _popen, _torchrun, _wait, _worker
 
+from dlf_torchrec.training import checkpoint as ckpt
 from dlf_torchrec.training.preemption import EXIT_PREEMPTED, StopRequest
 
 pytestmark = pytest.mark.slow
@@ -23,16 +24,6 @@ EXTRA = ["training.checkpoint_every_steps=4", "model.dropout=0.1", "training.eva
 
 def _evals(run: Path) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "time"} for e in _events(run) if e["event"] == "eval"]
-
-
-@pytest.fixture(scope="module")
-def reference(data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
-    """An uninterrupted 2-rank run of the configuration the tests interrupt."""
-    run = tmp_path_factory.mktemp("preemption") / "reference"
-    log = run.parent / "reference.log"
-    proc = _popen([*_torchrun(2, 0), "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)], log)
-    assert _wait(proc, 300, log) == 0, log.read_text()[-4000:]
-    return run
 
 
 def _signal_after_first_checkpoint(proc: subprocess.Popen, run: Path, log: Path, target: int | None) -> None:
@@ -59,29 +50,33 @@ def _assert_resumed_exactly(run: Path, reference: Path) -> None:
     assert _evals(run) == _evals(reference)
 
 
-def test_sigterm_to_torchrun_checkpoints_and_rerun_resumes_exactly(data_dir: str, reference: Path,  # noqa: F811
-                                                                   tmp_path: Path) -> None:
+def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(sigterm_reference: tuple[str, Path],
+                                                                 tmp_path: Path) -> None:
     """SIGTERM to the torchrun agent (what Slurm does on preemption or scancel --signal=TERM): it forwards the signal
-    to its workers, they checkpoint after the same step and exit 143; the same command again resumes exactly."""
+    to its workers (whole process groups, DataLoader workers included), and they write one checkpoint after the same
+    step and exit 143. Resuming from such a checkpoint is exact: the next test, and the requeued Slurm job in
+    tests/test_slurm_cluster.py."""
+    data_dir, _ = sigterm_reference
     run, log = tmp_path / "run", tmp_path / "preempted.log"
-    cmd = [*_torchrun(2, 0), "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)]
-    proc = _popen(cmd, log)
+    proc = _popen([*_torchrun(2, 0), "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)], log)
     _signal_after_first_checkpoint(proc, run, log, None)
     assert _wait(proc, 120, log) != 0  # torchrun itself ends with the SignalException of the SIGTERM it got
     text = log.read_text()
     assert text.count("got SIGTERM: stopping after this step with a checkpoint") == 2, text[-4000:]
     assert "stopped by SIGTERM after step" in text and "run the same command again" in text, text[-4000:]
+    assert "Received 15 death signal, shutting down workers" in text, text[-4000:]
+    stops = [e for e in _events(run) if e["event"] == "preempted"]
+    assert len(stops) == 1 and stops[0]["signal"] == signal.SIGTERM and stops[0]["epoch"] == 0, stops
+    newest = ckpt.periodic_checkpoints(str(run / "checkpoints"))[-1]
+    assert newest.endswith(f"step_{stops[0]['step']:08d}") and ckpt.is_complete(newest)
     assert not (run / "results.json").exists()
 
-    rerun = _popen(cmd, tmp_path / "rerun.log")
-    assert _wait(rerun, 300, tmp_path / "rerun.log") == 0, (tmp_path / "rerun.log").read_text()[-4000:]
-    _assert_resumed_exactly(run, reference)
 
-
-def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(data_dir: str, reference: Path,  # noqa: F811
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(sigterm_reference: tuple[str, Path],
                                                                tmp_path: Path) -> None:
     """Only rank 1 gets SIGTERM: the per-step all-reduce of the stop flag makes rank 0 stop after the same step;
     rank 1 exits 143, torchrun (--max-restarts 1) restarts both workers and they resume exactly."""
+    data_dir, reference = sigterm_reference
     run, log = tmp_path / "run", tmp_path / "train.log"
     proc = _popen([*_torchrun(2, 1), "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)], log)
     _signal_after_first_checkpoint(proc, run, log, 1)

@@ -20,13 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_preemption import _evals
-from test_reliability import REPO, _args, _events, data_dir  # noqa: F401
+from test_preemption import EXTRA, _evals
+from test_reliability import REPO, _args, _events
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO / "examples" / "slurm" / "local_cluster.sh"
 COMPONENT = f"{REPO / 'torchx_components' / 'components.py'}:train"
-EXTRA = ["training.checkpoint_every_steps=4", "model.dropout=0.1", "training.evaluate_test=false"]
 APT_FAILED = 3  # local_cluster.sh's exit status when apt-get cannot install the packages
 
 
@@ -98,21 +97,10 @@ def _job_logs(env: dict[str, str], job: str) -> str:
     return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(Path(env["SUBMIT_DIR"]).glob(f"*{job}*")))
 
 
-@pytest.fixture(scope="module")
-def reference(data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
-    """The same training on 2 local ranks with torchrun (no Slurm)."""
-    run = tmp_path_factory.mktemp("slurm_reference") / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return run
-
-
-def test_two_node_job_equals_torchrun(cluster: dict[str, str], data_dir: str, reference: Path,  # noqa: F811
+def test_two_node_job_equals_torchrun(cluster: dict[str, str], sigterm_reference: tuple[str, Path],
                                       tmp_path: Path) -> None:
     """2 nodes x 1 rank through sbatch/srun, c10d rendezvous on the first node: torchrun's result on 2 ranks."""
+    data_dir, reference = sigterm_reference
     run = tmp_path / "run"
     job = _submit(cluster, data_dir, run)
     assert _wait_done(cluster, job, 300) == ["COMPLETED", "COMPLETED"], _job_logs(cluster, job)
@@ -128,10 +116,11 @@ def test_two_node_job_equals_torchrun(cluster: dict[str, str], data_dir: str, re
     assert f"best checkpoint valid: AUC={want['auc']:.4f}" in log, log[-3000:]
 
 
-def test_sigterm_requeues_and_resumes_exactly(cluster: dict[str, str], data_dir: str, reference: Path,  # noqa: F811
+def test_sigterm_requeues_and_resumes_exactly(cluster: dict[str, str], sigterm_reference: tuple[str, Path],
                                               tmp_path: Path) -> None:
     """scancel --signal=TERM mid-epoch: every rank stops after the same step with a checkpoint and exits 143; the
     batch script requeues the job (--max_retries 1); the requeued job resumes and ends as the uninterrupted run."""
+    data_dir, reference = sigterm_reference
     run = tmp_path / "run"
     job = _submit(cluster, data_dir, run, "--max_retries", "1")
     deadline = time.time() + 240

@@ -72,7 +72,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 # cred_expire also delays the start of a requeued job (default 120 s).
-AuthInfo=socket=$DIR/munge/munge.socket.2,cred_expire=15
+AuthInfo=socket=$DIR/munge/munge.socket.2,cred_expire=10
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
@@ -198,14 +198,21 @@ up() {
     log "up in $((SECONDS - t0)) s: ${#NODES[@]} nodes under $DIR; run: export SLURM_CONF=$SLURM_CONF"
 }
 
-stop_pidfile() {  # stop_pidfile FILE NAME
-    local pidfile=$1 name=$2 pid
-    pid_alive "$pidfile" || return 0
-    pid=$(cat "$pidfile")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    log "$name (pid $pid) ignored SIGTERM for 10 s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
+stop_all() {  # stop_all NAME...: SIGTERM the daemons of $DIR/run/NAME.pid together, SIGKILL after 10 s
+    local pids=() name pid alive
+    for name in "$@"; do
+        if pid_alive "$DIR/run/$name.pid"; then pids+=("$(cat "$DIR/run/$name.pid")"); fi
+    done
+    [ ${#pids[@]} -eq 0 ] && return 0
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 100); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive -eq 0 ] && return 0
+        sleep 0.1
+    done
+    log "$* still running 10 s after SIGTERM: SIGKILL"
+    kill -KILL "${pids[@]}" 2>/dev/null || true
 }
 
 down() {
@@ -213,11 +220,8 @@ down() {
     if [ -f "$SLURM_CONF" ] && pid_alive "$DIR/run/slurmctld.pid"; then
         scancel --full --quiet --user="$(id -un)" 2>/dev/null || true  # running job steps die with their slurmd
     fi
-    for n in "${NODES[@]}"; do stop_pidfile "$DIR/run/slurmd-$n.pid" "slurmd $n"; done
-    stop_pidfile "$DIR/run/slurmctld.pid" slurmctld
-    stop_pidfile "$DIR/run/slurmdbd.pid" slurmdbd
-    stop_pidfile "$DIR/run/mariadbd.pid" mariadbd
-    stop_pidfile "$DIR/run/munged.pid" munged
+    stop_all "${NODES[@]/#/slurmd-}" slurmctld slurmdbd mariadbd  # ~2 s each, so together
+    stop_all munged
     hosts_remove
     rm -rf "$DIR"
     log "down ($DIR removed)"
