@@ -62,7 +62,7 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(sigterm_referenc
     _signal_after_first_checkpoint(proc, run, log, None)
     assert _wait(proc, 120, log) != 0  # torchrun itself ends with the SignalException of the SIGTERM it got
     text = log.read_text()
-    assert text.count("got SIGTERM: stopping after this step with a checkpoint") == 2, text[-4000:]
+    assert text.count("got SIGTERM: stopping after the next step, with a checkpoint") == 2, text[-4000:]
     assert "stopped by SIGTERM after step" in text and "run the same command again" in text, text[-4000:]
     assert "Received 15 death signal, shutting down workers" in text, text[-4000:]
     stops = [e for e in _events(run) if e["event"] == "preempted"]

@@ -35,6 +35,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive free TCP ports (slurmctld, 2 slurmd, slurmdbd, MariaDB)."""
+    for base in range(26817, 40000, 16):
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range for the local Slurm cluster")
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[dict[str, str]]:
     """Brought up for this module (its own directory and ports, so a user's cluster is left alone), then down."""
@@ -43,7 +56,7 @@ def cluster() -> Iterator[dict[str, str]]:
     # Not under pytest's private (0700) tmp dirs: munged wants every directory above its socket searchable by all.
     root = Path(tempfile.mkdtemp(prefix="dlf-slurm-test-"))
     root.chmod(0o755)
-    env = {**os.environ, "DLF_SLURM_DIR": str(root / "cluster"), "DLF_SLURM_PORT": "26817",
+    env = {**os.environ, "DLF_SLURM_DIR": str(root / "cluster"), "DLF_SLURM_PORT": str(_free_port_range(5)),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}:/usr/sbin",
            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("TORCHXCONFIG", None)

@@ -69,7 +69,7 @@ class StopRequest:
             os.kill(os.getpid(), signum)
             return
         self.signum = signum
-        print(f"[dlf_torchrec] got {signal.Signals(signum).name}: stopping after this step with a checkpoint",
+        print(f"[dlf_torchrec] got {signal.Signals(signum).name}: stopping after the next step, with a checkpoint",
               file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
@@ -82,8 +82,8 @@ class StopRequest:
 
     def __exit__(self, *exc: object) -> None:
         global _installed
-        if exc[0] is None:
-            self._collect()  # no collective left in flight (every rank leaves the loop at the same call)
+        if exc[0] is None or exc[0] is Preempted:
+            self._collect()  # no collective left in flight (every rank leaves the loop after the same call)
         if self._previous:
             _installed -= 1
         for sig, previous in self._previous.items():
@@ -100,11 +100,12 @@ class StopRequest:
         if not (dist.is_initialized() and dist.get_world_size() > 1):
             return self.signum is not None
         value = self._collect()
+        if value:
+            self.signum = self.signum or value
+            return True
         flag = torch.tensor([self.signum or 0], dtype=torch.int32, device=self.device)
         self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), flag)
-        if value and self.signum is None:
-            self.signum = value
-        return value != 0
+        return False
 
     def _collect(self) -> int:
         """The result of the pending all-reduce (0 if none)."""
