@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +22,12 @@ from dlf_torchrec.training.preemption import EXIT_PREEMPTED, StopRequest
 
 pytestmark = pytest.mark.slow
 EXTRA = ["training.checkpoint_every_steps=4", "model.dropout=0.1", "training.evaluate_test=false"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _evals(run: Path) -> list[dict]:
@@ -72,19 +80,28 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(sigterm_referenc
     assert not (run / "results.json").exists()
 
 
-def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(sigterm_reference: tuple[str, Path],
-                                                               tmp_path: Path) -> None:
-    """Only rank 1 gets SIGTERM: the per-step all-reduce of the stop flag makes rank 0 stop after the same step;
-    rank 1 exits 143, torchrun (--max-restarts 1) restarts both workers and they resume exactly."""
+def test_sigterm_to_one_node_of_two_torchrun_agents_resumes_exactly(sigterm_reference: tuple[str, Path],
+                                                                     tmp_path: Path) -> None:
+    """Two torchrun agents (``--nnodes 2``, c10d rendezvous, one rank each: a 2-node job on one machine); only the
+    second node's worker gets SIGTERM. The per-step all-reduce of the stop flag makes the other rank stop after the
+    same step; both exit 143, both agents (--max-restarts 1) rendezvous again, and the restarted ranks resume
+    exactly."""
     data_dir, reference = sigterm_reference
-    run, log = tmp_path / "run", tmp_path / "train.log"
-    proc = _popen([*_torchrun(2, 1), "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)], log)
-    _signal_after_first_checkpoint(proc, run, log, 1)
-    assert _wait(proc, 300, log) == 0, log.read_text()[-4000:]
-    text = log.read_text()
-    assert text.count("got SIGTERM") == 1, text[-4000:]  # rank 1 only
-    # Rank 0 stopped too (same step, exit 143), so torchrun saw a failed worker group and restarted it.
-    assert f"failed (exitcode: {EXIT_PREEMPTED}) local_rank: 0" in text, text[-4000:]
+    run = tmp_path / "run"
+    endpoint = f"127.0.0.1:{_free_port()}"
+    agents = [_popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                      "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=sigterm", "--max-restarts=1",
+                      "--monitor-interval=0.5", "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)],
+                     tmp_path / f"node{node}.log") for node in (0, 1)]
+    _signal_after_first_checkpoint(agents[1], run, tmp_path / "node1.log", 0)
+    for node, agent in enumerate(agents):
+        log = tmp_path / f"node{node}.log"
+        assert _wait(agent, 300, log) == 0, log.read_text()[-4000:]
+    logs = [(tmp_path / f"node{node}.log").read_text() for node in (0, 1)]
+    assert [text.count("got SIGTERM") for text in logs] == [0, 1], [t[-3000:] for t in logs]
+    # The node that got no signal stopped too (exit 143), so both agents restarted their workers.
+    for text in logs:
+        assert f"failed (exitcode: {EXIT_PREEMPTED})" in text, text[-4000:]
     _assert_resumed_exactly(run, reference)
 
 

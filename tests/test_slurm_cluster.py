@@ -2,8 +2,8 @@
 apt-installs slurm-wlm, slurmdbd, munge and mariadb-server when missing), a 2-node TorchX job (c10d rendezvous
 across the nodes) whose result equals torchrun's on 2 ranks, ``torchx status``/``torchx log`` on it, and a job
 preempted with ``scancel --signal=TERM`` that Slurm requeues and that resumes exactly. Needs root (CI runs as root);
-skipped only when apt-get cannot install the packages. About 3 minutes on 2 cores (plus ~80 s of apt the first
-time); see docs/launching.md#local-slurm-cluster."""
+skipped only when apt-get cannot install the packages. About 2-2.5 minutes on 2 cores (plus ~80 s of apt the first
+time); see docs/launching.md (local Slurm cluster)."""
 
 from __future__ import annotations
 
