@@ -46,6 +46,7 @@ from dlf_torchrec.training.checkpoint import periodic_checkpoints  # noqa: E402
 from dlf_torchrec.training.loop import Trainer, seed_everything  # noqa: E402
 from dlf_torchrec.training.metrics import json_safe  # noqa: E402
 from dlf_torchrec.training.oracle import synthetic_report  # noqa: E402
+from dlf_torchrec.training.preemption import EXIT_PREEMPTED, Preempted  # noqa: E402
 from dlf_torchrec.training.runfingerprint import ResumeMismatch, check_or_record  # noqa: E402
 from dlf_torchrec.training.runlock import RunDirLocked, RunLock  # noqa: E402
 from dlf_torchrec.training.stack import build_training_stack  # noqa: E402
@@ -173,7 +174,8 @@ def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     """Errors are one line on every rank (:mod:`dlf_torchrec.cli`): exit status 2 for a config error (also one
-    found once the data is known, e.g. table sizes against the embedding optimiser), 1 for data and run errors."""
+    found once the data is known, e.g. table sizes against the embedding optimiser), 1 for data and run errors,
+    143 when SIGTERM stopped training after a checkpoint (:mod:`dlf_torchrec.training.preemption`)."""
     warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")
     args = parse_args(argv)
     return cli.run("train", lambda: _train(args), args.debug)
@@ -181,8 +183,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    status = 0
     try:
         run(cfg)
+    except Preempted as e:  # SIGTERM: a checkpoint is written; a non-zero exit lets the scheduler requeue the job
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"[dlf_torchrec] {e}", file=sys.stderr, flush=True)
+        status = EXIT_PREEMPTED
     except BaseException:
         shutdown_distributed()
         raise
@@ -193,9 +200,9 @@ def _train(args: argparse.Namespace) -> int:
         # so leave without running C++ teardown.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(status)
     shutdown_distributed()
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def _build(sharding_type: str):
 
 @torch.no_grad()
 def _predict(dmp: torch.nn.Module) -> list[float]:
+    ckpt.average_norm_statistics(dmp)  # as Trainer.evaluate: every rank predicts with one model
     dmp.eval()
     _, (_, logits, _) = dmp(_batch(FIXED_SEED))
     dmp.train()

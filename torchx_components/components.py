@@ -105,7 +105,9 @@ def train(
         env: environment variables for every rank, e.g. NCCL_SOCKET_IFNAME=eth0,NCCL_IB_DISABLE=1
         mounts: mounts into the worker containers, e.g. type=volume,src=criteo-pvc,dst=/data (k8s PVC) or
             type=bind,src=/shared,dst=/shared; see the scheduler's documentation
-        max_retries: number of scheduler retries of the whole job
+        max_retries: number of scheduler retries of the whole job; on Slurm also the number of requeues after a
+            SIGTERM (preemption, scancel --signal=TERM, SBATCH_SIGNAL=TERM@secs before the time limit), on which
+            every rank checkpoints after the same step and exits 143 (torchx always submits with --requeue)
         rdzv_backend: torchrun rendezvous backend (c10d hosts the store on the first node; static, etcd)
         rdzv_port: port of the c10d store on the first node (multi-node only; one node picks a free port)
         debug: add torchx's debug env (TORCH_DISTRIBUTED_DEBUG=DETAIL, NCCL_DESYNC_DEBUG=1, ...)

@@ -51,9 +51,12 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: Any, trainer_state: 
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
     _barrier()
-    average_norm_statistics(model)
+    local = _local_state(model, optimizer)  # this rank's own BatchNorm statistics, before the average
+    average_norm_statistics(model)  # DCP keeps one copy of a replicated tensor: the model every rank evaluates
     dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=partial)
-    torch.save(_local_state(model, optimizer), os.path.join(partial, _rng_file()))
+    torch.save(local, os.path.join(partial, _rng_file()))
+    # The run goes on with its own statistics: a save at any step (a preemption's) leaves the run as it was.
+    _set_norm_buffers(model, local["norm_buffers"])
     _barrier()
     if _is_main():
         _publish(partial, path, trainer_state)

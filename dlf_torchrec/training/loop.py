@@ -23,6 +23,7 @@ from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training import checkpoint as ckpt
 from dlf_torchrec.training.metrics import compute_metrics, gather_predictions, json_safe
+from dlf_torchrec.training.preemption import Preempted, StopRequest
 from dlf_torchrec.training.stack import TrainingStack
 from dlf_torchrec.training.task import learning_rates, scale_learning_rates
 from dlf_torchrec.training.tracking import RunTracker
@@ -104,6 +105,7 @@ class Trainer:
         self._resumed = False
         self.checkpoint_dir = os.path.join(tr.output_dir, "checkpoints")
         self.log = MetricsLog(os.path.join(tr.output_dir, "metrics.jsonl"), ctx.is_main)
+        self.stop = StopRequest(ctx.device)  # SIGTERM (preemption): checkpoint after the current step, then stop
 
     # ------------------------------------------------------------------ data
     def _loader(self, split: str, for_eval: bool, skip_batches: int = 0) -> Any:
@@ -120,12 +122,13 @@ class Trainer:
                     dynamic_ncols=True)
 
     # ------------------------------------------------------------------ checkpoints
-    def _save_periodic(self) -> None:
+    def _save_periodic(self) -> str:
         st = self.state
         path = os.path.join(self.checkpoint_dir, f"step_{st.global_step:08d}")
         ckpt.save_checkpoint(path, self.dmp, self.optimizer, asdict(st))
         ckpt.prune_checkpoints(self.checkpoint_dir, self.cfg.training.keep_checkpoints)
         self.log.write(event="checkpoint", path=path, epoch=st.epoch, step=st.global_step)
+        return path
 
     def resume(self) -> None:
         """Continue from the newest complete periodic checkpoint (if ``training.resume``); once per Trainer."""
@@ -217,8 +220,13 @@ class Trainer:
                     break
             elif st.global_step % STOP_CHECK_STEPS == 0 and self._check_stop():
                 break
+            saved = None
             if tr.checkpoint_every_steps and st.global_step % tr.checkpoint_every_steps == 0:
-                self._save_periodic()
+                saved = self._save_periodic()
+            if self.stop.agreed():  # every rank stops after this same step
+                path = saved or self._save_periodic()
+                self.log.write(event="preempted", signal=self.stop.signum, epoch=st.epoch, step=st.global_step)
+                raise Preempted(self.stop.signum or 0, st.global_step, path)
         elapsed = time.perf_counter() - t0
         self.log.write(event="train_epoch", epoch=st.epoch, step=st.global_step, loss=loss_sum / max(loss_n, 1),
                        samples_per_s=rows * self.ctx.world_size / max(elapsed, 1e-9), lr=learning_rates(self.optimizer))
@@ -247,10 +255,11 @@ class Trainer:
 
     def fit(self) -> dict[str, dict[str, float]]:
         """Train until epochs or early stop; restore the best checkpoint; return its valid (and test) metrics."""
-        try:
-            return self._fit()
-        finally:
-            self.log.close()
+        with self.stop:
+            try:
+                return self._fit()
+            finally:
+                self.log.close()
 
     def _fit(self) -> dict[str, dict[str, float]]:
         tr = self.cfg.training
