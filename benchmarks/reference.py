@@ -1,17 +1,21 @@
-"""Reference run: train the FuxiCTR model_zoo models on our Frappe files, per-epoch table beside ours.
+"""Reference run: train the FuxiCTR model_zoo models and the DLF authors' code on our Frappe files, per-epoch table.
 
 Issue #11 item 4: a reference run anyone can repeat. The reference is FuxiCTR ``fuxictr==2.3.10`` (PyPI) with the
 ``model_zoo`` source of the reczoo/FuxiCTR repository at a pinned commit, run with the BARS hyper-parameters
-(``DCNv2_frappe_x1``, ``DNN_frappe_x1``) on the very files our Frappe configs use.
+(``DCNv2_frappe_x1``, ``DNN_frappe_x1``) on the very files our Frappe configs use; and (``--models dlf``) the DLF
+authors' released code (Keffee/DLF at a pinned commit, ``--dlf-src``: their ``models.DLF`` = ``DLF_default``, on
+the same fuxictr wheel) with the hyper-parameters of our ``configs/frappe/dlf.yaml``, to tell a bug in our DLF from
+the architecture's own ceiling.
 
-Two halves in one file:
+Two halves:
 
-* the **driver** (any Python 3.11, stdlib + ``benchmarks/common.py``): creates the reference virtualenv on first use
-  (``python3.11 -m venv`` + ``pip install torch==2.13.0`` (the local CPU build) + ``fuxictr==2.3.10 'polars<2'``),
-  converts the libFM files to CSV in a temp dir, starts one worker per (model, seed), one at a time, and writes the
-  tables;
-* the **worker** (``--worker``, run by the venv's python): imports fuxictr and ``model_zoo/<model>/src`` from
-  ``--fuxictr-src`` and drives a run exactly like ``model_zoo/<model>/run_expid.py`` (seed_everything ->
+* the **driver** (this file; any Python 3.11, stdlib + ``benchmarks/common.py``): creates the reference virtualenv
+  on first use (``python3.11 -m venv`` + ``pip install torch==2.13.0`` (the local CPU build) + ``fuxictr==2.3.10
+  'polars<2'``), converts the libFM files to CSV in a temp dir, starts one worker per (model, seed), one at a time,
+  and writes the tables;
+* the **worker** (``--worker``, run by the venv's python; code in ``benchmarks/reference_worker.py``): imports
+  fuxictr and the model class (``model_zoo/<model>/src`` of ``--fuxictr-src``, or the authors' ``models.py`` of
+  ``--dlf-src``) and drives a run exactly like ``model_zoo/<model>/run_expid.py`` (seed_everything ->
   FeatureProcessor + build_dataset (CSV -> parquet) -> FeatureMap -> model -> RankDataLoader -> ``model.fit``), with
   two hooks that only observe: ``evaluate`` also computes logloss (FuxiCTR 2.3.10 evaluates only the monitor
   metric, AUC, between epochs; early stopping still sees AUC only), and ``checkpoint_and_earlystop`` appends one JSON
@@ -37,10 +41,12 @@ Outputs in ``--out`` (default ``benchmarks/results/reference/``):
 (``event: eval`` lines; the last evaluation of each epoch counts) to the same tables. ``--report-only`` rebuilds
 the tables without training.
 
-Usage (from the repository root; the FuxiCTR source is a checkout of the pinned commit, outside this repo)::
+Usage (from the repository root; the sources are checkouts of the pinned commits, outside this repo)::
 
     git clone https://github.com/reczoo/FuxiCTR /path/to/FuxiCTR && git -C /path/to/FuxiCTR checkout <PINNED>
     python3.11 benchmarks/reference.py --fuxictr-src /path/to/FuxiCTR --models dcnv2 --seeds 2019
+    git clone https://github.com/Keffee/DLF /path/to/DLF && git -C /path/to/DLF checkout <PINNED_DLF>
+    python3.11 benchmarks/reference.py --dlf-src /path/to/DLF --models dlf --seeds 2019
     python3.11 benchmarks/reference.py --report-only --ours runs/frappe_dcnv2/metrics.jsonl
 """
 
@@ -60,6 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dlf_torchrec import cli  # noqa: E402 (stdlib only, as this driver must be)
 
 PINNED_FUXICTR_COMMIT = "0245987fdc1d43c36164ea496a02324885a8557a"  # reczoo/FuxiCTR main, 2026-06-05
+PINNED_DLF_COMMIT = "972db344133c2fcc9841a0aaceb51f772c9db7c9"  # Keffee/DLF main (the only branch)
 FUXICTR_VERSION = "2.3.10"
 VENV_PACKAGES = [["torch==2.13.0"], [f"fuxictr=={FUXICTR_VERSION}", "polars<2", "torch==2.13.0"]]
 FIELDS = ("user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city")
@@ -67,7 +74,7 @@ DEFAULT_TRAIN = "../shared/data/frappe_derived/frappe.train.reconstructed.libfm"
 DEFAULT_VALID = "../shared/data/frappe_nfm/frappe.validation.libfm"
 DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "dlf_torchrec", "fuxictr-venv")
 # The runs the committed table is expected to hold; missing ones are listed as "not run".
-STANDARD_RUNS = (("dcnv2", 2019), ("dnn", 2019), ("dcnv2", 2020), ("dcnv2", 2021))
+STANDARD_RUNS = (("dcnv2", 2019), ("dnn", 2019), ("dcnv2", 2020), ("dcnv2", 2021), ("dlf", 2019))
 
 # Hyper-parameters shared by both BARS Frappe_x1 configs (BARS reczoo/BARS ranking/ctr/{DCNv2,DNN}/*_frappe_x1,
 # FuxiCTR 1.x key names mapped to 2.3.x: patience -> early_stop_patience, every_x_epochs 1 -> eval_steps None).
@@ -87,6 +94,16 @@ MODELS = {
         dnn_activations="relu", num_cross_layers=4, net_dropout=0.4, batch_norm=True)),
     "dnn": dict(model="DNN", zoo_dir=os.path.join("model_zoo", "DNN", "DNN_torch"), params=dict(
         hidden_units=[400, 400, 400], hidden_activations="relu", net_dropout=0.2, batch_norm=True)),
+    # The authors' `models.DLF` (their DLF_default) with our configs/frappe/dlf.yaml; COMMON is that config's
+    # training protocol too (configs/frappe/base.yaml; tests/test_benchmarks_reference.py checks both). Their keys:
+    # attention_layers = the number of DLF layers (our num_layers); num_emb_fmb = n_F of both low-rank blocks (our
+    # num_tokens_high = num_tokens_low), num_emb_lcb = n_D (num_tokens_implicit); main_run.py forces all three
+    # token counts to 32 whatever the yaml says. Block MLP (num_hidden_DLF 2): Linear(512) BN ReLU Dropout Linear
+    # = our block_hidden 512; head (num_hidden_head 2): Linear(512) BN ReLU Dropout Linear(1) = our [512] head.
+    # Their DLF_MLP always has BN (batch_norm is read by no DLF class); dropout = net_dropout.
+    "dlf": dict(model="DLF", source="dlf", params=dict(
+        attention_layers=3, num_emb_lcb=32, num_emb_fmb=32, num_emb_att=32, rank_fmb=24, num_hidden_DLF=2,
+        dim_hidden_DLF=512, num_hidden_head=2, dim_hidden_head=512, dim_output=1, net_dropout=0, batch_norm=True)),
 }
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,88 +136,6 @@ def libfm_to_csv(src: str, dst: str) -> int:
     return n
 
 
-# ---------------------------------------------------------------------------------------------------- worker
-def worker(a: argparse.Namespace) -> None:
-    """Runs inside the FuxiCTR venv: one training run, like model_zoo/<model>/run_expid.py."""
-    import logging
-
-    spec = MODELS[a.model]
-    zoo = os.path.join(os.path.abspath(a.fuxictr_src), spec["zoo_dir"])
-    sys.path.insert(0, zoo)  # `import src` = model_zoo/<model>/src, as run_expid.py does from its own folder
-    import fuxictr
-    import src  # type: ignore[import-not-found]
-    from fuxictr.features import FeatureMap
-    from fuxictr.preprocess import FeatureProcessor, build_dataset
-    from fuxictr.pytorch.dataloaders import RankDataLoader
-    from fuxictr.pytorch.torch_utils import seed_everything
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    assert fuxictr.__version__ == FUXICTR_VERSION, fuxictr.__version__
-    work = os.path.abspath(a.work_dir)
-    params = dict(COMMON, **spec["params"])
-    params.update(
-        model=spec["model"], model_id=f"{spec['model']}_frappe_seed{a.seed}", seed=a.seed, epochs=a.epochs,
-        dataset_id="frappe_reference", data_root=os.path.join(work, "data"), data_format="csv",
-        train_data=os.path.join(a.csv_dir, "train.csv"), valid_data=os.path.join(a.csv_dir, "valid.csv"),
-        test_data=None, model_root=os.path.join(work, "checkpoints"), gpu=-1,
-        feature_cols=[{"name": list(FIELDS), "active": True, "dtype": "str", "type": "categorical"}],
-        label_col={"name": "label", "dtype": "float"},
-    )
-    log = open(a.events, "a")
-
-    def emit(**kw: object) -> None:
-        log.write(json.dumps(kw) + "\n")
-        log.flush()
-
-    emit(event="params", params=params)
-    t0 = time.time()
-    seed_everything(seed=params["seed"])
-    feature_encoder = FeatureProcessor(**params)
-    params["train_data"], params["valid_data"], params["test_data"] = build_dataset(feature_encoder, **params)
-    data_dir = os.path.join(params["data_root"], params["dataset_id"])
-    feature_map = FeatureMap(params["dataset_id"], data_dir)
-    feature_map.load(os.path.join(data_dir, "feature_map.json"), params)
-    vocab = {k: v.get("vocab_size") for k, v in feature_map.features.items()}
-    os.makedirs(os.path.join(params["model_root"], params["dataset_id"]), exist_ok=True)  # the checkpoint's dir
-    model = getattr(src, params["model"])(feature_map, **params)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    emit(event="model", vocab_size=vocab, table_rows=sum(vocab.values()), parameters=n_params,
-         preprocess_s=round(time.time() - t0, 1))
-    # The PyPI 2.3.10 wheel's RankDataLoader is a function returning (train_gen, valid_gen) (Ray Data parquet
-    # loaders); the repository's run_expid.py expects the older class with make_iterator(): accept both.
-    loaders = RankDataLoader(feature_map, stage="train", **params)
-    train_gen, valid_gen = loaders.make_iterator() if hasattr(loaders, "make_iterator") else loaders
-
-    # Observing hooks (instance attributes; the class methods stay FuxiCTR's).
-    cls = type(model)
-    acc = {"loss": 0.0, "steps": 0}
-
-    def train_step(batch_data):  # noqa: ANN001
-        loss = cls.train_step(model, batch_data)
-        acc["loss"] += float(loss.item())
-        acc["steps"] += 1
-        return loss
-
-    def evaluate(data_generator, metrics=None):  # noqa: ANN001
-        return cls.evaluate(model, data_generator, metrics=params["metrics"])  # AUC + logloss every epoch
-
-    def checkpoint_and_earlystop(logs, min_delta=1e-6):  # noqa: ANN001
-        lr = model.optimizer.param_groups[0]["lr"]
-        cls.checkpoint_and_earlystop(model, logs, min_delta=min_delta)
-        emit(event="eval", epoch=model._epoch_index + 1, auc=float(logs["AUC"]), logloss=float(logs["logloss"]),
-             lr=lr, lr_after=model.optimizer.param_groups[0]["lr"], improved=model._stopping_steps == 0,
-             train_loss=acc["loss"] / max(acc["steps"], 1), elapsed_s=round(time.time() - t0, 1))
-        acc["loss"], acc["steps"] = 0.0, 0
-
-    model.train_step = train_step
-    model.evaluate = evaluate
-    model.checkpoint_and_earlystop = checkpoint_and_earlystop
-    model.fit(train_gen, validation_data=valid_gen, **params)
-    final = cls.evaluate(model, valid_gen, metrics=params["metrics"])  # the best checkpoint, reloaded by fit()
-    emit(event="final", auc=float(final["AUC"]), logloss=float(final["logloss"]), elapsed_s=round(time.time() - t0, 1))
-    log.close()
-
-
 # ---------------------------------------------------------------------------------------------------- driver
 def _run(cmd: list[str], **kw: object) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout.strip()  # type: ignore
@@ -230,30 +165,59 @@ def venv_versions(py: str) -> dict[str, str]:
     return json.loads(_run([py, "-c", code]))
 
 
-def fuxictr_commit(src: str, given: str | None) -> str:
+def source_commit(src: str, given: str | None, pinned: str, what: str, flag: str) -> str:
+    """The commit of the checkout ``src`` (git, or ``given`` by ``flag``); warns if it is not ``pinned``."""
     try:
         found = _run(["git", "-C", src, "rev-parse", "HEAD"])
     except (OSError, subprocess.CalledProcessError):
         found = ""
     if given and found and given != found:
-        raise cli.UsageError(f"--fuxictr-commit {given} but {src} is at {found}")
+        raise cli.UsageError(f"{flag} {given} but {src} is at {found}")
     commit = given or found
     if not commit:
-        raise cli.UsageError(f"{src} is not a git checkout: say which commit it is with --fuxictr-commit")
-    if commit != PINNED_FUXICTR_COMMIT:
-        print(f"WARNING: FuxiCTR source at {commit}, the pinned commit is {PINNED_FUXICTR_COMMIT}", flush=True)
+        raise cli.UsageError(f"{src} is not a git checkout: say which commit it is with {flag}")
+    if commit != pinned:
+        print(f"WARNING: {what} source at {commit}, the pinned commit is {pinned}", flush=True)
     return commit
+
+
+DLF_FILES = ("models.py", "DLF_layers.py", "layers.py", "utils.py")
+
+
+def check_sources(a: argparse.Namespace) -> dict[str, str]:
+    """The start-line keys naming the code each model of ``a.models`` runs (``fuxictr_commit``, ``dlf_commit``)."""
+    keys: dict[str, str] = {}
+    for m in a.models:
+        if MODELS[m].get("source") == "dlf":
+            if not a.dlf_src:
+                raise cli.UsageError("--models dlf needs --dlf-src (a checkout of Keffee/DLF)")
+            src = os.path.abspath(a.dlf_src)
+            missing = [f for f in DLF_FILES if not os.path.isfile(os.path.join(src, f))]
+            if missing:
+                raise cli.UsageError(f"{src}: no {', '.join(missing)} (not a Keffee/DLF checkout?)")
+            if "dlf_commit" not in keys:
+                keys["dlf_commit"] = source_commit(src, a.dlf_commit, PINNED_DLF_COMMIT, "DLF", "--dlf-commit")
+        else:
+            if not a.fuxictr_src:
+                raise cli.UsageError(f"--models {m} needs --fuxictr-src (a checkout of reczoo/FuxiCTR)")
+            src = os.path.abspath(a.fuxictr_src)
+            if not os.path.isdir(os.path.join(src, MODELS[m]["zoo_dir"], "src")):
+                raise cli.UsageError(f"{src}: no {MODELS[m]['zoo_dir']}/src (not a reczoo/FuxiCTR checkout?)")
+            if "fuxictr_commit" not in keys:
+                keys["fuxictr_commit"] = source_commit(src, a.fuxictr_commit, PINNED_FUXICTR_COMMIT, "FuxiCTR",
+                                                       "--fuxictr-commit")
+    return keys
+
+
+def _commit_key(model: str) -> str:
+    return "dlf_commit" if MODELS[model].get("source") == "dlf" else "fuxictr_commit"
 
 
 def train_runs(a: argparse.Namespace, argv: list[str]) -> None:
     sys.path.insert(0, REPO_ROOT)
     from benchmarks.common import make_stamp
 
-    src = os.path.abspath(a.fuxictr_src)
-    for m in a.models:
-        if not os.path.isdir(os.path.join(src, MODELS[m]["zoo_dir"], "src")):
-            raise cli.UsageError(f"{src}: no {MODELS[m]['zoo_dir']}/src (not a reczoo/FuxiCTR checkout?)")
-    commit = fuxictr_commit(src, a.fuxictr_commit)
+    commits = check_sources(a)
     py = ensure_venv(a.venv)
     versions = venv_versions(py)
     stamp = make_stamp(["benchmarks/reference.py", *argv])
@@ -272,11 +236,14 @@ def train_runs(a: argparse.Namespace, argv: list[str]) -> None:
                     f.write(json.dumps(dict(
                         event="start", model=model, seed=seed, command=stamp["command"], git_commit=stamp[
                             "git_commit"], utc_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        machine=stamp["machine"], load_average_at_start=os.getloadavg()[0], fuxictr_commit=commit,
+                        machine=stamp["machine"], load_average_at_start=os.getloadavg()[0],
+                        **{_commit_key(model): commits[_commit_key(model)]},
                         versions=versions, train=a.train, valid=a.valid, rows=rows)) + "\n")
-                cmd = [py, os.path.abspath(__file__), "--worker", "--model", model, "--seed", str(seed),
-                       "--fuxictr-src", src, "--csv-dir", csv_dir, "--work-dir", work, "--events",
-                       os.path.abspath(events), "--epochs", str(a.epochs)]
+                src_flag = ["--dlf-src", os.path.abspath(a.dlf_src)] if _commit_key(model) == "dlf_commit" else [
+                    "--fuxictr-src", os.path.abspath(a.fuxictr_src)]
+                cmd = [py, os.path.abspath(__file__), "--worker", "--model", model, "--seed", str(seed), *src_flag,
+                       "--csv-dir", csv_dir, "--work-dir", work, "--events", os.path.abspath(events), "--epochs",
+                       str(a.epochs)]
                 if a.nice:
                     cmd = ["nice", "-n", str(a.nice), *cmd]
                 print(f"== {model} seed {seed}: {shlex.join(cmd)}", flush=True)
@@ -363,7 +330,8 @@ def write_tables(out: str, ours: list[str]) -> None:
     for run, events in runs.items():
         s = summarize(events)
         start = next((e for e in events if e.get("event") == "start"), {})
-        s.update(run=run, fuxictr_commit=start.get("fuxictr_commit", "")[:12], utc_time=start.get("utc_time"),
+        s.update(run=run, fuxictr_commit=start.get("fuxictr_commit", "")[:12],
+                 dlf_commit=start.get("dlf_commit", "")[:12], utc_time=start.get("utc_time"),
                  fuxictr=start.get("versions", {}).get("fuxictr"), torch=start.get("versions", {}).get("torch"))
         summaries.append(s)
         columns += [f"{run}_auc", f"{run}_logloss", f"{run}_lr"]
@@ -393,14 +361,17 @@ def write_tables(out: str, ours: list[str]) -> None:
         stamp.pop(key, None)
     for key, value in next((st.get("versions") for st in starts if st.get("versions")), {}).items():
         stamp[f"venv_{key}"] = value
-    stamp["fuxictr_commits"] = " ".join(sorted({st["fuxictr_commit"] for st in starts if st.get("fuxictr_commit")}))
+    for key in ("fuxictr_commit", "dlf_commit"):
+        commits = sorted({st[key] for st in starts if st.get(key)})
+        if commits:
+            stamp[key + "s"] = " ".join(commits)
     stamp["run_machines"] = " ; ".join(sorted({st["machine"] for st in starts if st.get("machine")}))
     write_csv(os.path.join(out, "reference.csv"), rows, columns, stamp)
     present = {(s.get("model"), s.get("seed")) for s in summaries}
     not_run = [f"{m} seed {s}" for m, s in STANDARD_RUNS if (m, s) not in present]
     sum_cols = ["run", "model", "seed", "status", "epochs", "best_epoch", "best_auc", "best_logloss", "final_auc",
                 "final_logloss", "wall_s",
-                "table_rows", "parameters", "fuxictr", "torch", "fuxictr_commit", "utc_time"]
+                "table_rows", "parameters", "fuxictr", "torch", "fuxictr_commit", "dlf_commit", "utc_time"]
     md_rows = [{c: _md_value(c, r.get(c)) for c in columns} for r in rows]
     for s in summaries:
         for k in ("best_auc", "best_logloss", "final_auc", "final_logloss"):
@@ -410,15 +381,19 @@ def write_tables(out: str, ours: list[str]) -> None:
          "FuxiCTR 2.3.10 (PyPI) + reczoo/FuxiCTR `model_zoo` at the commit shown, BARS `DCNv2_frappe_x1` / "
          "`DNN_frappe_x1` hyper-parameters, trained on `frappe_derived/frappe.train.reconstructed.libfm`, "
          "early-stopped on `frappe_nfm/frappe.validation.libfm` (valid AUC monitored, patience 2, LR x0.1 on each "
-         "plateau). Built by `benchmarks/reference.py` (see `benchmarks/README.md`). `lr` is the learning rate the "
+         "plateau). `dlf_*` runs: the DLF authors' released code (Keffee/DLF at the `dlf_commit` shown: their "
+         "`models.DLF`, i.e. `DLF_default`, on the same fuxictr 2.3.10 wheel) with the hyper-parameters of our "
+         "`configs/frappe/dlf.yaml` (the same protocol; 3 DLF layers, rank 24, 32/32/32 tokens, block MLP 512, "
+         "head [512], BN, dropout 0). `ours_*` columns: our trainer's valid metrics per epoch (`--ours`). "
+         "Built by `benchmarks/reference.py` (see `benchmarks/README.md`). `lr` is the learning rate the "
          "epoch trained with; the best epoch is the checkpoint FuxiCTR keeps."),
         ("Runs", markdown_table(summaries, sum_cols) + (
             "\n\nNot run: " + ", ".join(not_run) if not_run else "")),
         ("Commands", "\n".join(f"- `{c}`" for c in run_cmds) or "(none)"),
         ("Per-epoch valid AUC / logloss / lr", markdown_table(md_rows, columns)),
     ]
-    write_markdown(os.path.join(out, "reference.md"), "Reference runs (FuxiCTR) on Frappe, per epoch", sections,
-                   stamp)
+    write_markdown(os.path.join(out, "reference.md"),
+                   "Reference runs (FuxiCTR, DLF authors' code) on Frappe, per epoch", sections, stamp)
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -427,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.ArgumentParser("benchmarks/reference", description=__doc__.split("\n\n")[0])
     p.add_argument("--fuxictr-src", help="checkout of reczoo/FuxiCTR (its model_zoo is used), outside this repo")
     p.add_argument("--fuxictr-commit", help="the checkout's commit, if it is not a git work tree")
-    p.add_argument("--models", type=lambda s: s.split(","), default=["dcnv2"], help="comma list of: dcnv2, dnn")
+    p.add_argument("--dlf-src", help="checkout of Keffee/DLF (the authors' DLF code, for --models dlf)")
+    p.add_argument("--dlf-commit", help="the DLF checkout's commit, if it is not a git work tree")
+    p.add_argument("--models", type=lambda s: s.split(","), default=["dcnv2"], help="comma list of: "
+                   + ", ".join(MODELS))
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[2019], help="comma list")
     p.add_argument("--epochs", type=int, default=100, help="epoch cap (BARS: 100; early stopping ends runs first)")
     p.add_argument("--train", default=os.path.join(REPO_ROOT, DEFAULT_TRAIN))
@@ -449,14 +427,17 @@ def main(argv: list[str] | None = None) -> int:
     for m in a.models:
         if m not in MODELS:
             p.error(f"unknown model {m!r} (choose from {', '.join(MODELS)})")
-    if not (a.worker or a.report_only or a.fuxictr_src):
-        p.error("--fuxictr-src is required to train (or use --report-only)")
+    if not (a.worker or a.report_only or a.fuxictr_src or a.dlf_src):
+        p.error("--fuxictr-src (dcnv2, dnn) or --dlf-src (dlf) is required to train (or use --report-only)")
     # A worker's traceback goes to its log, which the driver shows when it fails.
     return cli.run("benchmarks/reference", lambda: _reference(a, argv), a.debug or a.worker)
 
 
 def _reference(a: argparse.Namespace, argv: list[str]) -> int:
     if a.worker:
+        sys.path.insert(0, REPO_ROOT)
+        from benchmarks.reference_worker import worker
+
         worker(a)
     elif a.report_only:
         os.makedirs(a.out, exist_ok=True)
