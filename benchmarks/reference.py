@@ -4,8 +4,8 @@ Issue #11 item 4: a reference run anyone can repeat. The reference is FuxiCTR ``
 ``model_zoo`` source of the reczoo/FuxiCTR repository at a pinned commit, run with the BARS hyper-parameters
 (``DCNv2_frappe_x1``, ``DNN_frappe_x1``) on the very files our Frappe configs use; and (``--models dlf``) the DLF
 authors' released code (Keffee/DLF at a pinned commit, ``--dlf-src``: their ``models.DLF`` = ``DLF_default``, on
-the same fuxictr wheel) with the hyper-parameters of our ``configs/frappe/dlf.yaml``, to tell a bug in our DLF from
-the architecture's own ceiling.
+the same fuxictr wheel) with the hyper-parameters of our ``configs/frappe/dlf_authors_sizes.yaml``, to tell a
+bug in our DLF from the architecture's own ceiling.
 
 Two halves:
 
@@ -94,8 +94,9 @@ MODELS = {
         dnn_activations="relu", num_cross_layers=4, net_dropout=0.4, batch_norm=True)),
     "dnn": dict(model="DNN", zoo_dir=os.path.join("model_zoo", "DNN", "DNN_torch"), params=dict(
         hidden_units=[400, 400, 400], hidden_activations="relu", net_dropout=0.2, batch_norm=True)),
-    # The authors' `models.DLF` (their DLF_default) with our configs/frappe/dlf.yaml; COMMON is that config's
-    # training protocol too (configs/frappe/base.yaml; tests/test_benchmarks_reference.py checks both). Their keys:
+    # The authors' `models.DLF` (their DLF_default) with our configs/frappe/dlf_authors_sizes.yaml; COMMON is that
+    # config's training protocol too (configs/frappe/base.yaml; tests/test_benchmarks_reference.py checks both).
+    # Their keys:
     # attention_layers = the number of DLF layers (our num_layers); num_emb_fmb = n_F of both low-rank blocks (our
     # num_tokens_high = num_tokens_low), num_emb_lcb = n_D (num_tokens_implicit); main_run.py forces all three
     # token counts to 32 whatever the yaml says. Block MLP (num_hidden_DLF 2): Linear(512) BN ReLU Dropout Linear
@@ -383,7 +384,8 @@ def write_tables(out: str, ours: list[str]) -> None:
          "early-stopped on `frappe_nfm/frappe.validation.libfm` (valid AUC monitored, patience 2, LR x0.1 on each "
          "plateau). `dlf_*` runs: the DLF authors' released code (Keffee/DLF at the `dlf_commit` shown: their "
          "`models.DLF`, i.e. `DLF_default`, on the same fuxictr 2.3.10 wheel) with the hyper-parameters of our "
-         "`configs/frappe/dlf.yaml` (the same protocol; 3 DLF layers, rank 24, 32/32/32 tokens, block MLP 512, "
+         "`configs/frappe/dlf_authors_sizes.yaml` (the same protocol; 3 DLF layers, rank 24, 32/32/32 tokens, "
+         "block MLP 512, "
          "head [512], BN, dropout 0). `ours_*` columns: our trainer's valid metrics per epoch (`--ours`). "
          "Built by `benchmarks/reference.py` (see `benchmarks/README.md`). `lr` is the learning rate the "
          "epoch trained with; the best epoch is the checkpoint FuxiCTR keeps."),

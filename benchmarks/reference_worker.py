@@ -40,7 +40,8 @@ def dlf_setup(dlf_src: str) -> dict[str, str]:
                  "--embedding base (no VQ codes, no pretrained tables)",
         "token_counts": "num_emb_lcb = num_emb_fmb = num_emb_att = 32, as main_run.py forces after reading the "
                         "yaml (whose 16 never runs)",
-        "hyper_parameters": "ours (configs/frappe/dlf.yaml) instead of DLF_default's Criteo_x1 values: d 10 (not "
+        "hyper_parameters": "ours (configs/frappe/dlf_authors_sizes.yaml) instead of DLF_default's Criteo_x1 "
+                            "values: d 10 (not "
                             "64), batch 4096 (not 10000), embedding_regularizer 0.05 (not 0), monitor AUC (not "
                             "AUC - logloss)",
         "seed": "seed_everything(seed) is called, as model_zoo's run_expid.py does; main_run.py has it commented "

@@ -18,9 +18,9 @@ from dlf_torchrec import cli  # noqa: E402
 from dlf_torchrec.config import load_config  # noqa: E402
 
 
-def test_dlf_reference_runs_our_shipped_frappe_config() -> None:
-    """`--models dlf` must train the authors' code with exactly configs/frappe/dlf.yaml's hyper-parameters."""
-    cfg = load_config(os.path.join(REPO, "configs", "frappe", "dlf.yaml"))
+def test_dlf_reference_runs_our_authors_sizes_frappe_config() -> None:
+    """`--models dlf` trains the authors' code with exactly configs/frappe/dlf_authors_sizes.yaml's settings."""
+    cfg = load_config(os.path.join(REPO, "configs", "frappe", "dlf_authors_sizes.yaml"))
     p = dict(R.COMMON, **R.MODELS["dlf"]["params"])
     m, t, o = cfg.model, cfg.training, cfg.optimizer
     # protocol (FuxiCTR BaseModel keys)
