@@ -201,6 +201,16 @@ def write_markdown(path: str, title: str, sections: Sequence[tuple[str, str]], s
     return path
 
 
+def write_table(out_dir: str, stem: str, title: str, doc: str | None, rows: Sequence[dict[str, Any]],
+                columns: Sequence[str], stamp: dict[str, str]) -> None:
+    """``out_dir/stem.csv`` and ``out_dir/stem.md`` of ``rows``; the Markdown's "What this is" section is the second
+    paragraph of ``doc`` (a benchmark script's docstring)."""
+    what = (doc or "").split("\n\n")[1].replace("\n", " ")
+    write_csv(os.path.join(out_dir, f"{stem}.csv"), rows, columns, stamp)
+    write_markdown(os.path.join(out_dir, f"{stem}.md"), title,
+                   [("What this is", what), ("Results", markdown_table(rows, columns))], stamp)
+
+
 def new_figure(width: float = 10.0, height: float = 5.5, ncols: int = 1) -> tuple[Any, Any]:
     """A matplotlib (Agg) figure and its axes (one Axes, or a list of ``ncols`` Axes when ``ncols`` > 1)."""
     import matplotlib

@@ -84,11 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         stamp = common.make_stamp()
         results = [r for rows in args.rows for r in ceiling(rows, args.seed, args.cs)]
-        what = (__doc__ or "").split("\n\n")[1].replace("\n", " ")
-        common.write_csv(os.path.join(args.out, "synthetic_ceiling.csv"), results, COLUMNS, stamp)
-        common.write_markdown(os.path.join(args.out, "synthetic_ceiling.md"),
-                              "Synthetic default: a well-specified model's share of the oracle margin",
-                              [("What this is", what), ("Results", common.markdown_table(results, COLUMNS))], stamp)
+        common.write_table(args.out, "synthetic_ceiling",
+                           "Synthetic default: a well-specified model's share of the oracle margin", __doc__, results,
+                           COLUMNS, stamp)
         return 0
 
     return cli.run("benchmarks/synthetic_ceiling", body, args.debug)

@@ -93,11 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         stamp = common.make_stamp()
         rows = [r for run in args.run for r in components(run)]
-        what = (__doc__ or "").split("\n\n")[1].replace("\n", " ")
-        common.write_csv(os.path.join(args.out, "synthetic_components.csv"), rows, COLUMNS, stamp)
-        common.write_markdown(os.path.join(args.out, "synthetic_components.md"),
-                              "Synthetic default: which teacher terms a run reproduces",
-                              [("What this is", what), ("Results", common.markdown_table(rows, COLUMNS))], stamp)
+        common.write_table(args.out, "synthetic_components", "Synthetic default: which teacher terms a run reproduces",
+                           __doc__, rows, COLUMNS, stamp)
         return 0
 
     return cli.run("benchmarks/synthetic_components", body, args.debug)
