@@ -101,6 +101,9 @@ def _checkpoint_round_trip(ckpt_dir: str, sharding_type: str) -> dict:
     step(batches[0])
     step(batches[1])
     ckpt.save_checkpoint(os.path.join(ckpt_dir, "step_2"), dmp, optimizer, {"global_step": 2})
+    # The checkpoint holds the ranks' averaged BatchNorm statistics (the save leaves each rank its own): predict
+    # with those, as Trainer.evaluate does; train-mode losses do not read the running statistics.
+    ckpt.average_norm_statistics(dmp)
     dmp.eval()
     with torch.no_grad():
         _, (_, logits, _) = dmp(bag_batch(WEIGHTED, 99 + ctx.rank))
