@@ -26,7 +26,7 @@ from dlf_torchrec.training.metrics import compute_metrics, gather_predictions, j
 from dlf_torchrec.training.preemption import Preempted, StopRequest
 from dlf_torchrec.training.stack import TrainingStack
 from dlf_torchrec.training.task import learning_rates, scale_learning_rates
-from dlf_torchrec.training.tracking import RunTracker
+from dlf_torchrec.training.tracking import METRICS_FILE, RunTracker
 
 # No tqdm monitor thread: DataLoader workers are forked at every epoch and evaluation, and a fork taken while another
 # thread holds a lock can leave the child hung (seen once in CI: an evaluation worker stuck right after fork).
@@ -104,7 +104,7 @@ class Trainer:
         self.state = TrainerState()
         self._resumed = False
         self.checkpoint_dir = os.path.join(tr.output_dir, "checkpoints")
-        self.log = MetricsLog(os.path.join(tr.output_dir, "metrics.jsonl"), ctx.is_main)
+        self.log = MetricsLog(os.path.join(tr.output_dir, METRICS_FILE), ctx.is_main)
         self.stop = StopRequest(ctx.device)  # SIGTERM (preemption): checkpoint after the current step, then stop
 
     # ------------------------------------------------------------------ data
