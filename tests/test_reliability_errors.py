@@ -194,3 +194,18 @@ def test_cli_run_maps_errors_to_one_line_and_exit_status(error: Exception, statu
     assert capsys.readouterr().err == line + "\n"
     with pytest.raises(type(error)):
         cli.run("tool", fail, True)
+
+
+def test_fingerprint_key_added_by_an_upgrade_at_its_default_is_no_difference() -> None:
+    """A run recorded before a config key existed ran as that key's default: resuming it is not refused, unless
+    the new value differs from the default (or a recorded key disappears or changes)."""
+    from dlf_torchrec.training.runfingerprint import default_fingerprint, differences
+
+    defaults = default_fingerprint("dcnv2")
+    new = {"model.name": "dcnv2", "dataset.side_tables": [], "training.batch_size": 512}
+    assert differences({"model.name": "dcnv2", "training.batch_size": 512}, new, defaults) == []
+    assert differences({"model.name": "dcnv2", "training.batch_size": 512},
+                       {**new, "dataset.side_tables": [{"file": "u.csv"}]}, defaults) != []
+    assert differences({"model.name": "dcnv2", "training.batch_size": 256}, new, defaults) != []
+    assert differences({"model.name": "dcnv2", "training.batch_size": 512, "x.old": 1}, new, defaults) != []
+    assert differences({"model.name": "dcnv2", "training.batch_size": 512}, new) != []  # no defaults: strict

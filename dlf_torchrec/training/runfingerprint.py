@@ -62,11 +62,21 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key old -> new`` for each key whose value differs (a key only on one side counts as a difference)."""
-    missing = object()
+def default_fingerprint(model_name: str) -> dict[str, Any]:
+    """The fingerprint keys' default values (model keys: those of ``model_name``)."""
+    from dlf_torchrec.config import build_config
+
+    return _flatten(build_config({"model": {"name": model_name}}).to_dict())
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[str]:
+    """``key old -> new`` for each key whose value differs (a key only on one side counts as a difference), except
+    a key the old fingerprint lacks whose new value is its default in ``defaults``: a run recorded by a version
+    before that key existed ran as its default does."""
+    missing, defaults = object(), defaults or {}
     return [f"{k} {_short(old[k]) if k in old else '(absent)'} -> {_short(new[k]) if k in new else '(absent)'}"
-            for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)]
+            for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)
+            and not (k not in old and k in defaults and new.get(k, missing) == defaults[k])]
 
 
 def check_or_record(cfg: ExperimentConfig, meta: DatasetMeta, resuming: bool) -> None:
@@ -82,7 +92,7 @@ def check_or_record(cfg: ExperimentConfig, meta: DatasetMeta, resuming: bool) ->
     path = os.path.join(cfg.training.output_dir, FILE)
     current = run_fingerprint(cfg, meta)
     if resuming and io.exists(path) and not cfg.training.force_resume:
-        diff = differences(io.read_json(path), current)
+        diff = differences(io.read_json(path), current, default_fingerprint(cfg.to_dict()["model"]["name"]))
         if diff:
             shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise ResumeMismatch(
