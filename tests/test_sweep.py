@@ -165,3 +165,35 @@ def test_space_parsing_and_overrides() -> None:
                 {"params": {"training.output_dir": {"choices": ["x"]}}, "trials": 1}):
         with pytest.raises(ConfigError):
             parse_space(bad)
+
+
+def test_trial_killed_between_ask_and_suggest_gets_its_grid_point(tmp_path: Path) -> None:
+    """A sweep killed right after Optuna handed out a trial (state running, no parameters yet) launches that
+    trial with its own grid point on restart, not with the base config's values."""
+    from dlf_torchrec.sweep.launcher import LaunchOptions
+    from dlf_torchrec.sweep.space import parse_space
+    from dlf_torchrec.sweep.study import SweepLoop, SweepSetup, open_study
+
+    space = parse_space(SPACE)
+    setup = SweepSetup(str(REPO / "configs/synthetic/dcnv2.yaml"), [], space, str(tmp_path / "sweep"),
+                       LaunchOptions(), {"auc": 1.0})
+    study = open_study(setup)
+    study.ask()
+    asked = study.ask()  # the second grid point, never suggested: the sweep died here
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.args: list[str] = []
+
+        def run(self, app: Any, scheduler: str, cfg: Any) -> str:
+            self.args = app.roles[0].args
+            return "local_cwd://sweep/trial"
+
+    runner = Recorder()
+    study = open_study(setup)  # the restarted sweep enqueues no second copy of the point
+    assert len(study.get_trials(deepcopy=False)) == 4
+    (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == asked.number]
+    act = SweepLoop(setup, runner)._adopt(study, frozen)  # type: ignore[arg-type]
+    assert act.values == {"optimizer.sparse.lr": 0.001}
+    assert " optimizer.sparse.lr=0.001 " in " ".join(runner.args)
+    assert study.get_trials(deepcopy=False)[asked.number].params == {"optimizer.sparse.lr": 0.001}

@@ -192,7 +192,10 @@ class SweepLoop:
         """A trial left running by a killed sweep: re-attach to its job if the scheduler still runs it, watch its
         process if that outlived the sweep (its run lock), else launch it again (the trainer resumes)."""
         trial = optuna.trial.Trial(study, frozen._trial_id)
-        values = self.setup.space.config_values(frozen.params)
+        if {p.key for p in self.setup.space.params} <= set(frozen.params):
+            values = self.setup.space.config_values(frozen.params)
+        else:  # killed between ask and suggest: sample now (an enqueued grid point gets its fixed values)
+            values = self.setup.space.suggest(trial)
         run_dir = frozen.user_attrs.get("run_dir", self.setup.trial_dir(frozen.number))
         handle = frozen.user_attrs.get("app_handle")
         status = None
