@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import common
 from quality_suites import Row
 
+from dlf_torchrec.training.tracking import METRICS_FILE, read_metrics
+
 
 @dataclass
 class RunResult:
@@ -79,14 +81,8 @@ def run_one(row: Row, seed: int, epochs: int, work_dir: str, timeout: float, qui
         result.test = res.get("test", {})
     elif status == "ok":
         result.status = "error: no results.json"
-    speeds = []
-    metrics = os.path.join(out_dir, "metrics.jsonl")
-    if os.path.exists(metrics):
-        with open(metrics) as f:
-            for line in f:
-                ev = json.loads(line)
-                if ev.get("event") == "train_epoch":
-                    speeds.append(float(ev["samples_per_s"]))
+    speeds = [float(ev["samples_per_s"]) for ev in read_metrics(os.path.join(out_dir, METRICS_FILE))
+              if ev.get("event") == "train_epoch"]
     result.epochs_run = len(speeds)
     result.train_samples_per_s = statistics.median(speeds) if speeds else None
     shutil.rmtree(os.path.join(out_dir, "checkpoints"), ignore_errors=True)  # results are collected; save disk
