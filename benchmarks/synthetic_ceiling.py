@@ -8,6 +8,12 @@ effects). Its ratio (AUC - 0.5) / (oracle AUC - 0.5) on a held-out 10% is what e
 the oracle's margin at that training size; a generic model (DCNv2 over all tokens) cannot be expected to beat it.
 
     python benchmarks/synthetic_ceiling.py --rows 200000 1000000
+    python benchmarks/synthetic_ceiling.py --budget    # what a given error in the model's logit costs
+
+``--budget`` instead scores the true logit with one kind of error at a time on 400k teacher rows: a teacher term
+left out, a term at a fraction of its strength, or independent Gaussian noise of a given std added to every logit
+(the ratio a model reaches whose logit is the truth plus that error; e.g. the residual std that
+``benchmarks/synthetic_components.py`` measures). Writes ``synthetic_error_budget.{csv,md}``.
 
 Rows are drawn exactly as the generator draws them (same teacher seed and row stream); the 80/10/10 split is a
 seeded random permutation (statistically, not row for row, the preprocessor's split). L2 strength C is picked on the
@@ -28,6 +34,7 @@ import common  # noqa: E402
 from dlf_torchrec import cli  # noqa: E402
 
 COLUMNS = ("rows", "train_rows", "C", "well_specified_auc", "oracle_auc", "ratio")
+BUDGET_COLUMNS = ("error", "term_std", "auc", "oracle_auc", "ratio")
 
 
 def teacher_design(rows: int, seed: int) -> tuple[object, object, object]:
@@ -72,6 +79,32 @@ def ceiling(rows: int, seed: int, cs: list[float]) -> list[dict[str, object]]:
     return out
 
 
+def error_budget(rows: int, seed: int, noise_stds: list[float], partial: dict[str, float]) -> list[dict[str, object]]:
+    """The ratio of the true logit with one error at a time (see the module docstring) on ``rows`` teacher rows."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from dlf_torchrec.data import synthetic as syn
+
+    teacher = syn.Teacher(seed)
+    rng = np.random.default_rng([seed, 99])
+    logit, ints, idx, missing = teacher.sample(rng, rows)
+    parts = teacher.logit_parts(ints, idx, missing)
+    labels = rng.random(rows) < syn._sigmoid(logit + syn._calibrate(teacher, seed))
+    oracle = roc_auc_score(labels, logit)
+
+    def row(error: str, term_std: float, score: object) -> dict[str, object]:
+        auc = roc_auc_score(labels, score)
+        return {"error": error, "term_std": round(term_std, 3), "auc": round(auc, 5), "oracle_auc": round(oracle, 5),
+                "ratio": round((auc - 0.5) / (oracle - 0.5), 4)}
+
+    out = [row(f"without {name}", float(term.std()), logit - term) for name, term in parts.items()]
+    out += [row(f"{name} at {share:g} of its strength", float(parts[name].std()), logit - (1 - share) * parts[name])
+            for name, share in partial.items()]
+    out += [row(f"logit + N(0, {s:g}^2) noise", s, logit + rng.normal(0, s, rows)) for s in noise_stds]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.ArgumentParser("benchmarks/synthetic_ceiling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,10 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="dataset.synthetic_seed (default 7, the shipped one)")
     parser.add_argument("--C", type=float, nargs="+", default=[0.1, 0.3, 1.0], dest="cs", help="L2 strengths tried")
     parser.add_argument("--out", default=common.DEFAULT_RESULTS_DIR)
+    parser.add_argument("--budget", action="store_true", help="the error budget table instead (400k rows)")
     args = parser.parse_args(argv)
 
     def body() -> int:
         stamp = common.make_stamp()
+        if args.budget:
+            results = error_budget(400_000, args.seed, [0.2, 0.35, 0.54], {"C23 x C25": 0.35})
+            common.write_table(args.out, "synthetic_error_budget",
+                               "Synthetic default: what an error in the model's logit costs", __doc__.split(
+                                   "\n\n", 2)[2], results, BUDGET_COLUMNS, stamp)
+            return 0
         results = [r for rows in args.rows for r in ceiling(rows, args.seed, args.cs)]
         common.write_table(args.out, "synthetic_ceiling",
                            "Synthetic default: a well-specified model's share of the oracle margin", __doc__, results,
