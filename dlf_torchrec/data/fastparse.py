@@ -30,11 +30,20 @@ MASK = np.array([0] + [((1 << (8 * n)) - 1) << (8 * (8 - n)) for n in range(1, 9
 _ZFILL = np.array([0x3030303030303030 & ~((1 << (8 * n)) - 1) for n in range(9)], dtype=np.uint64)
 
 
+# Appended to a buffer: room for the last 8-byte window, then the one-byte field ``0`` a dropped label column reads.
+_TAIL = b"\x00" * 8 + b"0" + b"\x00" * 8
+
+
 class Fields:
     """Field boundaries of the lines of a buffer that have exactly ``n_cols`` delimited fields (eligible lines)
-    and packed 8-byte windows of fields."""
+    and packed 8-byte windows of fields.
 
-    def __init__(self, buf: bytes, delim: int, n_cols: int, forbid: bytes = b"") -> None:
+    ``absent``: a column missing from the lines (the label of unlabelled input, :meth:`Schema.without_label`): the
+    fields get one more column at that position, reading ``0`` on every line, so that a format's fast parser reads
+    the lines as the labelled lines with label 0, which is how the reference parser reads unlabelled rows.
+    """
+
+    def __init__(self, buf: bytes, delim: int, n_cols: int, forbid: bytes = b"", absent: int | None = None) -> None:
         a = np.frombuffer(buf, dtype=np.uint8)
         seps = np.flatnonzero((a == delim) | (a == 10))
         nl_k = np.flatnonzero(a[seps] == 10)  # index into seps of each line end
@@ -65,13 +74,17 @@ class Fields:
         beg = np.empty_like(end)
         beg[:, 0] = start[ei]
         beg[:, 1:] = end[:, :-1] + 1
+        ln = end - beg
+        if absent is not None:
+            beg = np.insert(beg, absent, len(buf) + 8, axis=1)  # the "0" of _TAIL
+            ln = np.insert(ln, absent, 1, axis=1)
         self.n_lines = n
         self.line_start, self.line_end = start, nl
         self.eligible = ei
-        self.beg, self.len = beg, end - beg
-        padded = buf + b"\x00" * 8
+        self.beg, self.len = beg, ln
+        padded = buf + _TAIL
         # 8-byte big-endian windows starting at every byte offset (unaligned strided view, no copy).
-        self._win = np.ndarray((len(buf) + 1,), dtype=">u8", buffer=padded, strides=(1,))
+        self._win = np.ndarray((len(padded) - 7,), dtype=">u8", buffer=padded, strides=(1,))
 
     def window(self, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         """Packed first 8 bytes of the given fields, zeroed beyond the field: (uint64 [m, k], lengths [m, k])."""

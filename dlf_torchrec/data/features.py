@@ -143,6 +143,20 @@ def vocab_keys(tokens: list[str], numeric: bool) -> np.ndarray:
 
 
 @dataclass
+class EncodedLines:
+    """A block of raw lines as model inputs: ``n_lines`` lines, of which the m accepted ones (line index
+    ``ok_idx`` [m]) have sparse ids int64 [m, F], dense float32 [m, D] and one :class:`Bags` of int64 ids per bag
+    field; ``rejected``: (line index, reason, detail) of every other line, from the reference parser."""
+
+    n_lines: int
+    ok_idx: np.ndarray
+    sparse: np.ndarray
+    dense: np.ndarray
+    rejected: list[tuple[int, str, str]]
+    bags: list[Bags]
+
+
+@dataclass
 class Encoder:
     """Raw lines -> model inputs, exactly as preprocessing maps the training data."""
 
@@ -175,10 +189,15 @@ class Encoder:
     def encode(self, lines: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str, str]],
                                                   list[Bags]]:
         """(line index of each accepted line [m], sparse ids int64 [m, F], dense float32 [m, D], rejections,
-        one :class:`Bags` of int64 ids per bag field)."""
-        pc = parse_chunk(self.schema, b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
-        if pc.n_lines != len(lines):
-            raise AssertionError(f"parser saw {pc.n_lines} lines in a chunk of {len(lines)}")
+        one :class:`Bags` of int64 ids per bag field) of raw ``lines`` (terminators optional)."""
+        batch = self.encode_buffer(b"".join(line if line.endswith(b"\n") else line + b"\n" for line in lines))
+        if batch.n_lines != len(lines):
+            raise AssertionError(f"parser saw {batch.n_lines} lines in a chunk of {len(lines)}")
+        return batch.ok_idx, batch.sparse, batch.dense, batch.rejected, batch.bags
+
+    def encode_buffer(self, buf: bytes) -> EncodedLines:
+        """The model inputs of a buffer of whole raw lines (``\\n``-terminated; the last terminator optional)."""
+        pc = parse_chunk(self.schema, buf)
         keys, dense = featurize(pc, self.numeric)
         missing = (~pc.joined).sum(axis=0).tolist()
         self.unmatched = [a + b for a, b in zip(self.unmatched or [0] * len(missing), missing, strict=True)]
@@ -187,4 +206,4 @@ class Encoder:
             sparse[:, j] = vocab.ids(k)
         bags = [Bags(b.lengths, vocab.ids(b.keys).astype(np.int64), b.weights)
                 for vocab, b in zip(self.bag_vocabs, pc.bags, strict=True)]
-        return pc.ok_idx, sparse, dense, pc.rejected, bags
+        return EncodedLines(pc.n_lines, pc.ok_idx, sparse, dense, pc.rejected, bags)

@@ -367,7 +367,7 @@ def parse_chunk(schema: Schema, buf: bytes) -> ParsedChunk:
 def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
     if buf and not buf.endswith(b"\n"):
         buf += b"\n"
-    fmt = FORMATS.get(schema.format)
+    fmt = FORMATS.get(schema.base_format)
     # The fast parsers read columns at fixed positions: a file whose header reorders them (rare) is parsed per row.
     fast = fmt.fast if fmt is not None and schema.positions is None and not schema.bag_columns and not schema.joins \
         else None
@@ -383,7 +383,7 @@ def _parse_piece(schema: Schema, buf: bytes) -> ParsedChunk:
         joined = np.array([r.joined for r in rows], dtype=bool).reshape(len(rows), len(schema.joins))
         return ParsedChunk(len(lines), idx, labels, numeric, cats, rejected, line_start, _bag_columns(schema, rows),
                            joined)
-    f = Fields(buf, fast.delimiter, schema.n_columns, fast.forbid)
+    f = Fields(buf, fast.delimiter, schema.n_columns, fast.forbid, schema.dropped_label)
     ok, labels, numeric, keys = fast.parse(f)
     fast_idx = f.eligible[ok]
     slow_mask = np.ones(f.n_lines, dtype=bool)

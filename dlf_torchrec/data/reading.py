@@ -2,8 +2,8 @@
 line-count chunks, and the one record of rejected rows (:class:`Rejections`).
 
 Preprocessing cuts plain files into byte ranges that worker processes read themselves (:func:`file_chunks`);
-gzip input is cut here into blocks of exactly ``chunk_rows`` lines. Scoring reads a line stream in blocks of
-``chunk_rows`` lines (:func:`line_chunks`).
+gzip input is cut here into blocks of exactly ``chunk_rows`` lines. Scoring reads any stream in blocks of a given
+number of lines (:func:`line_blocks`, which cuts the gzip input too).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import collections
 import dataclasses
 import functools
 import gzip
-import itertools
 import os
 import sys
 import zlib
@@ -270,14 +269,21 @@ def file_chunks(path: str, file_idx: int, schema: Schema, chunk_rows: int) -> It
 
 
 def _gzip_blocks(f: IO[bytes], file_idx: int, chunk_rows: int, offset: int) -> Iterator[FileChunk]:
-    """Blocks of exactly ``chunk_rows`` lines of a stream (the last one shorter), read ``READ_BYTES`` at a time."""
-    blocks: list[bytes] = []
-    counts: list[int] = []
-    total = 0
+    """:func:`line_blocks` of a stream as chunks, with their byte offsets from ``offset`` on."""
+    for chunk_idx, piece in enumerate(line_blocks(f, chunk_rows)):
+        yield FileChunk(file_idx, chunk_idx, buf=piece, offset=offset)
+        offset += len(piece)
+
+
+def line_blocks(f: IO[bytes], rows: int, first: bytes = b"") -> Iterator[bytes]:
+    """Blocks of exactly ``rows`` lines (the last one shorter; a final line may lack its newline) of ``first``
+    followed by the rest of stream ``f``, read ``READ_BYTES`` at a time: memory is bounded by ``rows`` lines plus
+    one read, whatever the input's size."""
+    blocks, counts = ([first], [first.count(b"\n")]) if first else ([], [])
+    total = sum(counts)
     eof = False
-    chunk_idx = 0
     while True:
-        if total < chunk_rows and not eof:
+        if total < rows and not eof:
             block = f.read(READ_BYTES)
             if block:
                 blocks.append(block)
@@ -286,40 +292,17 @@ def _gzip_blocks(f: IO[bytes], file_idx: int, chunk_rows: int, offset: int) -> I
             else:
                 eof = True
             continue
-        if total >= chunk_rows:
+        if total >= rows:
             last, last_n = blocks[-1], counts[-1]
-            need = chunk_rows - (total - last_n)
+            need = rows - (total - last_n)
             cut = _nth_newline(last, need) + 1
             piece = b"".join(blocks[:-1]) + last[:cut]
             rest = last[cut:]
             blocks, counts = ([rest], [last_n - need]) if rest else ([], [])
             total = last_n - need
-        else:  # end of file: the rest (a final line may lack its newline)
+        else:  # end of input: the rest (a final line may lack its newline)
             piece = b"".join(blocks)
             blocks, counts, total = [], [], 0
             if not piece:
                 return
-        yield FileChunk(file_idx, chunk_idx, buf=piece, offset=offset)
-        chunk_idx += 1
-        offset += len(piece)
-
-
-# ------------------------------------------------------------------------------------ line chunks (scoring)
-
-
-@dataclass
-class LineChunk:
-    """Consecutive raw lines of a stream; ``first_line`` is the 1-based line number of ``lines[0]``."""
-
-    first_line: int
-    lines: list[bytes]
-
-
-def line_chunks(lines: Iterator[bytes], chunk_rows: int, first_line: int) -> Iterator[LineChunk]:
-    """Chunks of at most ``chunk_rows`` lines (bounded memory)."""
-    while True:
-        block = list(itertools.islice(lines, chunk_rows))
-        if not block:
-            return
-        yield LineChunk(first_line, block)
-        first_line += len(block)
+        yield piece

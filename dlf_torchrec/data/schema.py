@@ -18,6 +18,8 @@ ColumnKind = Literal["label", "numeric", "int", "categorical", "hex", "hour", "s
 
 # Longest categorical token accepted (bytes); longer ones reject the row ("token too long").
 MAX_TOKEN_BYTES = 256
+# Format-name suffix of the unlabelled variant of a schema (:meth:`Schema.without_label`).
+UNLABELLED = "_unlabelled"
 
 
 class SchemaError(ValueError):
@@ -108,6 +110,8 @@ class Schema:
     ``label_rule``: how the label column's values map to 0/1 (None: the values are ``0``/``1``).
     ``joins``: side tables joined to each row by key; their columns follow the row's own (``feature_columns``).
     ``typed_header``: header names carry a ``:type`` suffix (RecBole atomic files), ignored when matching by name.
+    ``dropped_label``: set by :meth:`without_label`, the position the removed label column had in ``base_format``'s
+    lines (the format's fast parser reads the lines as if that column held ``0``).
     """
 
     format: str
@@ -120,6 +124,7 @@ class Schema:
     label_rule: LabelRule | None = None
     joins: tuple[Join, ...] = ()
     typed_header: bool = False
+    dropped_label: int | None = None
 
     @property
     def n_columns(self) -> int:
@@ -138,6 +143,11 @@ class Schema:
     def bag_columns(self) -> tuple[Column, ...]:
         """The multi-valued (``sequence``) columns, file order then side tables: the output bag fields."""
         return tuple(c for c in self.feature_columns if c.kind == "sequence")
+
+    @property
+    def base_format(self) -> str:
+        """The format whose lines this schema reads: ``format`` without the unlabelled variant's suffix."""
+        return self.format.removesuffix(UNLABELLED) if self.dropped_label is not None else self.format
 
     @property
     def label_index(self) -> int:
@@ -175,5 +185,5 @@ class Schema:
         prefix = self.header_prefix
         if prefix and self.delimiter:  # e.g. Avazu "id,click" -> "id,hour"
             prefix = self.delimiter.join(c.name for c in columns[:2]).encode()
-        return dataclasses.replace(self, columns=columns, format=f"{self.format}_unlabelled", header_prefix=prefix,
-                                   positions=None)
+        return dataclasses.replace(self, columns=columns, format=f"{self.format}{UNLABELLED}", header_prefix=prefix,
+                                   positions=None, dropped_label=self.label_index)
