@@ -44,12 +44,13 @@ def oracle_auc(data_dir: str, split: str) -> float:
     return roc_auc(labels, probs)
 
 
-def lr_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The packaged ``lr.yaml`` on the run's dataset, writing under ``<dataset.output_dir>/baselines/lr``."""
+def lr_config(cfg: ExperimentConfig, data_dir: str) -> ExperimentConfig:
+    """The packaged ``lr.yaml`` on the run's dataset, writing under ``<data_dir>/baselines/lr`` (``data_dir``: the
+    dataset's local directory, for an object-store dataset its local copy)."""
     lr = load_config(str(LR_CONFIG))
     lr.dataset = cfg.dataset
     tr = lr.training
-    tr.output_dir = os.path.join(cfg.dataset.output_dir, "baselines", "lr")
+    tr.output_dir = os.path.join(data_dir, "baselines", "lr")
     tr.progress, tr.device, tr.resume = cfg.training.progress, cfg.training.device, False
     return lr
 
@@ -61,7 +62,7 @@ def lr_baseline(cfg: ExperimentConfig, ctx: DistContext, data_dir: str, results:
     """
     if cfg.model_name == "lr":
         return results
-    lr = lr_config(cfg)
+    lr = lr_config(cfg, data_dir)
     # Concurrent runs on one dataset (a sweep's trials) train it once: the others' rank 0 waits here, then reads
     # the cache. Only rank 0 takes the lock; the other ranks wait in the broadcast below.
     with _exclusive(lr.training.output_dir + ".lock" if ctx.is_main else None):
