@@ -224,7 +224,8 @@ def cache_path(kind: str, uri: str) -> str:
 
 
 @contextlib.contextmanager
-def _flock(path: str) -> Iterator[None]:
+def exclusive_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on local file ``path`` (created with its parents if missing) for the block."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -250,7 +251,7 @@ def stage_dir(uri: str, marker: str) -> str:
     marker is removed, so the copy never looks ready. Processes of one host stage one copy, under a file lock.
     """
     local = cache_path("datasets", uri)
-    with _flock(local + ".lock"):
+    with exclusive_lock(local + ".lock"):
         remote_marker = _read_or_none(f"{uri}/{marker}")
         if remote_marker is None:
             with contextlib.suppress(FileNotFoundError):

@@ -7,16 +7,15 @@ The synthetic generator draws every label from a known teacher and keeps each ro
   split's rows better in expectation);
 * **LR AUC**: the ``lr`` model (first-order only, the packaged ``dlf_torchrec/configs/synthetic/lr.yaml``) trained
   by this product on the same shards and ranks. It is trained once per dataset, on the first synthetic run that
-  needs it, under ``<dataset.output_dir>/baselines/lr/`` and cached there in ``baseline.json`` with the
-  configuration and dataset it belongs to (a changed ``lr.yaml`` or regenerated dataset retrains it; a run of the
-  ``lr`` model reports its own AUC);
+  needs it, under ``<dataset.output_dir>/baselines/lr/`` (for an object-store dataset: under its local copy) and
+  cached there in ``baseline.json`` with the configuration and dataset it belongs to (a changed ``lr.yaml`` or
+  regenerated dataset retrains it; a run of the ``lr`` model reports its own AUC);
 * **ratio**: (AUC - 0.5) / (oracle AUC - 0.5), for the model and for LR.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from dlf_torchrec import io
 from dlf_torchrec.config import PACKAGED_CONFIGS, ExperimentConfig, load_config
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.synthetic import split_probabilities
@@ -75,13 +75,8 @@ def _exclusive(lock_path: str | None) -> Iterator[None]:
     if lock_path is None:
         yield
         return
-    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with io.exclusive_lock(lock_path):
+        yield
 
 
 def _lr_baseline(lr: ExperimentConfig, ctx: DistContext, data_dir: str) -> Results:
