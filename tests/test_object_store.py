@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from test_reliability import ENV, _popen, _wait
 
 from dlf_torchrec import io, predict
@@ -114,10 +115,9 @@ def test_train_kill_resume_predict_through_s3(s3_env: dict[str, str], raw: str, 
         for f in (local_data / split).iterdir():
             assert (staged / split / f.name).read_bytes() == f.read_bytes(), f
 
-    # The uninterrupted local reference (same data).
-    ref = tmp_path / "reference"
-    proc = _popen(_train_cmd(raw, str(local_data), str(ref)), tmp_path / "reference.log", env)
-    assert _wait(proc, 300, tmp_path / "reference.log") == 0, (tmp_path / "reference.log").read_text()[-4000:]
+    # The uninterrupted local reference (same data), beside the bucket's runs.
+    ref, ref_log = tmp_path / "reference", tmp_path / "reference.log"
+    ref_proc = _popen(_train_cmd(raw, str(local_data), str(ref)), ref_log, env)
 
     # Into the bucket; SIGKILL once the first periodic checkpoint is there (mid epoch 0).
     log = tmp_path / "killed.log"
@@ -139,6 +139,7 @@ def test_train_kill_resume_predict_through_s3(s3_env: dict[str, str], raw: str, 
     text = log.read_text()
     assert f"resumed from {run}/checkpoints/step_" in text, text[-4000:]
     assert "run lock of s3://" in text and "testing" not in text  # the lock is host-local; no secret printed
+    assert _wait(ref_proc, 300, ref_log) == 0, ref_log.read_text()[-4000:]
     assert io.read_json(f"{run}/results.json") == json.loads((ref / "results.json").read_text())
     assert _evals(run) == [{k: v for k, v in e.items() if k != "time"}
                            for e in map(json.loads, (ref / "metrics.jsonl").read_text().splitlines())
@@ -175,3 +176,40 @@ def test_bad_uri_or_missing_bucket_is_one_line_naming_the_path(s3_env: dict[str,
         assert predict.main([*argv, "--input", "-", "--output", "-"]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("predict: error: ") and argv[1] in err, err
+
+
+def test_save_interrupted_before_the_pointer_flip_keeps_the_previous_checkpoint(
+        s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after every shard and trainer_state.json of a new version are written, but before its pointer is
+    replaced: the old pointer still names the old, complete version; the next save's prune deletes the orphan."""
+    directory = f"s3://{BUCKET}/unit/checkpoints"
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt.save_checkpoint(f"{directory}/best", model, optimizer, {"global_step": 1})
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    first = io.read_text(f"{directory}/best{POINTER}")
+
+    write_text = io.write_text
+
+    def crash_at_pointer(path: str, text: str) -> None:
+        if path.endswith(POINTER):
+            raise RuntimeError("killed before the pointer flip")
+        write_text(path, text)
+
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    monkeypatch.setattr(io, "write_text", crash_at_pointer)
+    with pytest.raises(RuntimeError, match="pointer flip"):
+        ckpt.save_checkpoint(f"{directory}/best", model, optimizer, {"global_step": 2})
+    monkeypatch.setattr(io, "write_text", write_text)
+    assert io.read_text(f"{directory}/best{POINTER}") == first and len(io.listdir(directory)) == 3  # + orphan
+
+    fresh = torch.nn.Linear(3, 1)
+    assert ckpt.load_checkpoint(f"{directory}/best", fresh) == {"global_step": 1}
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in saved.items())
+
+    ckpt.save_checkpoint(f"{directory}/step_00000003", model, optimizer, {"global_step": 3})
+    ckpt.prune_checkpoints(directory, keep_last=1)
+    names = io.listdir(directory)
+    assert sorted(n for n in names if n.endswith(POINTER)) == ["best.pointer", "step_00000003.pointer"]
+    assert len(names) == 4, names  # two pointers, the two versions they name; the orphan is gone
