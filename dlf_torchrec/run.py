@@ -8,6 +8,7 @@ export (:mod:`dlf_torchrec.export`).
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +55,8 @@ def resolve_data_dir(cfg: ExperimentConfig, run_dir: str, override: str | None =
     if override is not None:
         return override
     path = cfg.dataset.output_dir
-    candidates = [path] if os.path.isabs(path) else [path, os.path.join(os.path.dirname(os.path.abspath(run_dir)),
-                                                                         path)]
+    absolute = os.path.isabs(path) or not io.is_local(path) or not io.is_local(run_dir)
+    candidates = [path] if absolute else [path, os.path.join(os.path.dirname(os.path.abspath(run_dir)), path)]
     for c in candidates:
         if io.exists(os.path.join(c, META_FILE)):
             return c
@@ -64,8 +65,10 @@ def resolve_data_dir(cfg: ExperimentConfig, run_dir: str, override: str | None =
 
 def resolve_checkpoint(run_dir: str, checkpoint: str) -> str:
     """``checkpoint``: a name under ``<run>/checkpoints`` (``best``, ``step_00000120``) or a path."""
-    path = checkpoint if os.path.isdir(checkpoint) else os.path.join(run_dir, "checkpoints", checkpoint)
-    if not os.path.isdir(path):
+    from dlf_torchrec.training.checkpoint import exists
+
+    path = checkpoint if exists(checkpoint) else os.path.join(run_dir, "checkpoints", checkpoint)
+    if not exists(path):
         raise RunError(f"checkpoint not found: {path}")
     return path
 
@@ -75,11 +78,22 @@ def load_run(run_dir: str, checkpoint: str = "best", data_dir: str | None = None
     config_path = os.path.join(run_dir, "config.yaml")
     if not io.exists(config_path):
         raise RunError(f"{config_path} not found: not a training run directory")
-    cfg = load_config(config_path)
+    cfg = load_config(config_path) if io.is_local(config_path) else _load_remote_config(config_path)
     directory = resolve_data_dir(cfg, run_dir, data_dir)
+    if not io.is_local(directory):  # scoring reads the validation split's shards (OOV rates)
+        directory = io.stage_dir(directory, META_FILE)
     meta = DatasetMeta.load(directory)
     vocab = io.read_json(os.path.join(directory, VOCAB_FILE))
     return Run(cfg, meta, directory, vocab, resolve_checkpoint(run_dir, checkpoint))
+
+
+def _load_remote_config(uri: str) -> ExperimentConfig:
+    """The trainer-written ``config.yaml`` at ``uri`` (its input paths are absolute: read from a local copy)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "config.yaml")
+        with open(local, "wb") as f:
+            f.write(io.read_bytes(uri))
+        return load_config(local)
 
 
 def build_unsharded(cfg: ExperimentConfig, spec: FeatureSpec, device: Any = "cpu") -> nn.Module:

@@ -32,7 +32,12 @@ import torch.distributed as dist  # noqa: E402
 from dlf_torchrec import cli, io  # noqa: E402
 from dlf_torchrec.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from dlf_torchrec.data.meta import DatasetMeta  # noqa: E402
-from dlf_torchrec.data.preprocess import DataError, check_validation_split, ensure_preprocessed  # noqa: E402
+from dlf_torchrec.data.preprocess import (  # noqa: E402
+    DataError,
+    check_validation_split,
+    ensure_preprocessed,
+    local_copy,
+)
 from dlf_torchrec.data.reading import BadRowError  # noqa: E402
 from dlf_torchrec.parallel import (  # noqa: E402
     DistContext,
@@ -86,19 +91,25 @@ def _on_rank0(ctx: DistContext, what: str, action: Callable[[], object]) -> None
 
 
 def prepare_data(cfg: ExperimentConfig, ctx: DistContext) -> str:
-    """Rank 0 preprocesses the dataset if needed; the others wait for it."""
+    """Rank 0 preprocesses the dataset if needed; the others wait for it. Returns the local directory every rank
+    memory-maps (an object-store dataset's local copy, :func:`~dlf_torchrec.data.preprocess.local_copy`)."""
     def prepare() -> None:
         check_validation_split(DatasetMeta.load(ensure_preprocessed(cfg.dataset)), cfg.dataset)
 
     _on_rank0(ctx, "data preparation", prepare)
-    return cfg.dataset.output_dir
+    return local_copy(cfg.dataset)
 
 
 @contextlib.contextmanager
 def output_dir_lock(output_dir: str, ctx: DistContext) -> Iterator[None]:
     """Rank 0 holds ``output_dir``'s run lock for the block; every rank raises RunDirLocked if another run has it."""
     lock = RunLock(output_dir)
-    _on_rank0(ctx, "taking the run lock", lock.acquire)
+
+    def acquire() -> None:
+        io.makedirs(output_dir)  # an object store's missing bucket fails here, in one line naming the path
+        lock.acquire()
+
+    _on_rank0(ctx, "taking the run lock", acquire)
     try:
         yield
     finally:
@@ -134,7 +145,7 @@ def _run_locked(cfg: ExperimentConfig, ctx: DistContext) -> dict[str, dict[str, 
     _on_rank0(ctx, "checking the run fingerprint", lambda: check_or_record(cfg, meta, resuming))
     stack = build_training_stack(cfg, ctx, meta.feature_spec)
     if ctx.is_main:
-        os.makedirs(tr.output_dir, exist_ok=True)
+        io.makedirs(tr.output_dir)
         io.write_yaml(os.path.join(tr.output_dir, "config.yaml"), cfg.to_dict())
         print(f"[dlf_torchrec] {cfg.model_name} on {meta.name}: {meta.feature_spec.num_fields} fields, "
               f"{sum(f.vocab_size for f in meta.categorical):,} embedding rows, world size {ctx.world_size} "

@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -67,6 +67,7 @@ from dlf_torchrec.data.vocab import KeyCounter, chunk_counts
 
 # Inputs smaller than this are processed in-process (a worker pool costs more than it saves).
 POOL_MIN_BYTES = 32 << 20
+_T = TypeVar("_T")
 
 
 # ----------------------------------------------------------------------------------------------- plan
@@ -248,6 +249,8 @@ def preprocess(cfg: DatasetConfig, *, workers: int | None = None) -> DatasetMeta
 
     ``workers``: processes for chunk work (None = one per core when the input is large, else in-process).
     """
+    if not io.is_local(cfg.output_dir):
+        return _on_local_copy(cfg, lambda local: preprocess(local, workers=workers))
     t0 = time.perf_counter()
     plan = _make_plan(cfg)
     if workers is None:
@@ -428,6 +431,9 @@ def ensure_preprocessed(cfg: DatasetConfig) -> str:
     an existing dataset missing that (``Format.is_complete``) is built again.
     """
     out = cfg.output_dir
+    if not io.is_local(out):
+        _on_local_copy(cfg, ensure_preprocessed)
+        return out
     fmt = FORMATS[cfg.format]
     if os.path.exists(os.path.join(out, META_FILE)):
         reasons = stale_reasons(cfg, _resolve)
@@ -439,6 +445,27 @@ def ensure_preprocessed(cfg: DatasetConfig) -> str:
     if fmt.finish is not None:
         fmt.finish(cfg, out)
     return out
+
+
+def local_copy(cfg: DatasetConfig) -> str:
+    """The local directory to memory-map the preprocessed ``cfg.output_dir`` from: the directory itself, or, for
+    an object-store URI, its local copy under :func:`dlf_torchrec.io.cache_dir` (:func:`dlf_torchrec.io.stage_dir`:
+    downloaded again whenever the remote ``meta.json`` differs from the copy's)."""
+    return cfg.output_dir if io.is_local(cfg.output_dir) else io.stage_dir(cfg.output_dir, META_FILE)
+
+
+def _on_local_copy(cfg: DatasetConfig, build: Callable[[DatasetConfig], _T]) -> _T:
+    """Run ``build`` on the local copy of the object-store dataset ``cfg.output_dir``; if it wrote a new
+    ``meta.json``, upload the copy (``meta.json`` last: the remote dataset never looks ready half-uploaded)."""
+    uri = cfg.output_dir
+    local = io.stage_dir(uri, META_FILE)
+    marker = os.path.join(local, META_FILE)
+    before = io.read_bytes(marker) if os.path.exists(marker) else None
+    result = build(dataclasses.replace(cfg, output_dir=local))
+    if os.path.exists(marker) and io.read_bytes(marker) != before:
+        print(f"[preprocess] uploading {local} -> {uri}", file=sys.stderr)
+        io.publish_dir(local, uri, META_FILE, skip=(".cache", "baselines"))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,8 +485,8 @@ def _preprocess_cli(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [o if "." in o.split("=")[0] else f"dataset.{o}" for o in args.overrides],
                       validate_model=False)
     ds = cfg.dataset
-    if args.force and os.path.exists(os.path.join(ds.output_dir, META_FILE)):
-        os.remove(os.path.join(ds.output_dir, META_FILE))
+    if args.force:
+        io.remove(os.path.join(ds.output_dir, META_FILE))
     if FORMATS[ds.format].generate is not None:  # generated input: made with the dataset, once
         ensure_preprocessed(ds)
     else:

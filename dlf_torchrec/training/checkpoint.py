@@ -9,13 +9,27 @@ Layout under ``<output_dir>/checkpoints``::
 A save writes into ``<name>.partial`` on every rank, then rank 0 adds ``trainer_state.json`` and renames the
 directory into place. A crash mid-save therefore leaves the previous checkpoint untouched and loadable: a directory
 without ``trainer_state.json`` or with the ``.partial`` suffix is ignored.
+
+On an object store (``training.output_dir`` an ``s3://`` or other fsspec URI; DCP's ``FsspecWriter`` /
+``FsspecReader``) there is no rename, so the same rule is kept with a pointer::
+
+    best.pointer          one line: the name of the version that is ``best`` (e.g. ``best.5f0c2a9e``)
+    best.5f0c2a9e/        a version: shards, per-rank files, trainer_state.json (written last)
+    step_00000120.pointer, step_00000120.<token>/   the same for each periodic checkpoint
+
+A save writes a new version under a fresh token, rank 0 adds ``trainer_state.json``, then replaces the pointer
+object (one PUT: the old pointer or the new one) and only then deletes the version it pointed to. A crash before
+the PUT leaves the old pointer on its complete version; a version no pointer names is ignored and deleted by the
+next prune. A checkpoint is addressed by its logical path (``<dir>/best``) in both cases.
 """
 
 from __future__ import annotations
 
+import io as stdio
 import os
 import random
 import shutil
+import uuid
 from typing import Any
 
 import numpy as np
@@ -23,12 +37,14 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
 from dlf_torchrec import io
 
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_rank{rank}_of_{world}.pt"
 PARTIAL = ".partial"
+POINTER = ".pointer"
 
 
 def _barrier() -> None:
@@ -40,26 +56,64 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _version(path: str) -> str | None:
+    """Where the files of checkpoint ``path`` are: ``path`` itself locally; on an object store the version its
+    pointer names (None: no pointer)."""
+    if io.is_local(path):
+        return path
+    try:
+        name = io.read_text(path + POINTER).strip()
+    except FileNotFoundError:
+        return None
+    return f"{os.path.dirname(path)}/{name}"
+
+
 def is_complete(path: str) -> bool:
-    return not path.endswith(PARTIAL) and os.path.exists(os.path.join(path, STATE_FILE))
+    version = _version(path)
+    return not path.endswith(PARTIAL) and version is not None and io.exists(os.path.join(version, STATE_FILE))
+
+
+def exists(path: str) -> bool:
+    """Whether a checkpoint (complete or not) is at ``path``: a directory locally, a pointer on an object store."""
+    return os.path.isdir(path) if io.is_local(path) else io.exists(path + POINTER)
+
+
+def _reader(version: str) -> Any:
+    return dcp.FileSystemReader(version) if io.is_local(version) else FsspecReader(version)
+
+
+def _source(version: str) -> dict[str, Any]:
+    """dcp.load's arguments to read ``version`` (local: by checkpoint_id, as before object stores)."""
+    return {"checkpoint_id": version} if io.is_local(version) else {"storage_reader": FsspecReader(version)}
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: Any, trainer_state: dict[str, Any]) -> None:
     """Collective: every rank writes its shards; the checkpoint appears at ``path`` only when complete."""
-    partial = path + PARTIAL
-    if _is_main():
+    remote = not io.is_local(path)
+    token = [uuid.uuid4().hex[:8]]
+    if remote and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(token, src=0)
+    partial = f"{path}.{token[0]}" if remote else path + PARTIAL
+    if _is_main() and not remote:
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
     _barrier()
     local = _local_state(model, optimizer)  # this rank's own BatchNorm statistics, before the average
     average_norm_statistics(model)  # DCP keeps one copy of a replicated tensor: the model every rank evaluates
-    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=partial)
-    torch.save(local, os.path.join(partial, _rng_file()))
+    state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    if remote:
+        dcp.save(state, storage_writer=FsspecWriter(partial))
+        buf = stdio.BytesIO()
+        torch.save(local, buf)
+        io.write_bytes(f"{partial}/{_rng_file()}", buf.getvalue())
+    else:
+        dcp.save(state, checkpoint_id=partial)
+        torch.save(local, os.path.join(partial, _rng_file()))
     # The run goes on with its own statistics: a save at any step (a preemption's) leaves the run as it was.
     _set_norm_buffers(model, local["norm_buffers"])
     _barrier()
     if _is_main():
-        _publish(partial, path, trainer_state)
+        (_publish_remote if remote else _publish)(partial, path, trainer_state)
     _barrier()
 
 
@@ -73,26 +127,39 @@ def _publish(partial: str, path: str, trainer_state: dict[str, Any]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _publish_remote(version: str, path: str, trainer_state: dict[str, Any]) -> None:
+    """Rank 0, every rank's shards written to ``version``: mark it complete, point ``path`` at it (one PUT), then
+    delete the version the pointer named before."""
+    io.write_json(f"{version}/{STATE_FILE}", trainer_state)
+    previous = _version(path)
+    io.write_text(path + POINTER, os.path.basename(version) + "\n")
+    if previous is not None and previous != version:
+        io.rmtree(previous)
+
+
 def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -> dict[str, Any]:
     """Collective: restore model (and optimiser) state and this rank's RNG streams; returns the trainer state.
 
     DCP reshards on load, so a checkpoint written with one world size loads under another.
     """
-    _recover(path)
+    if io.is_local(path):
+        _recover(path)
     if not is_complete(path):
         raise FileNotFoundError(f"{path}: not a complete checkpoint (missing {STATE_FILE})")
+    version = _version(path)
+    assert version is not None
     if optimizer is not None:
         _init_optimizer_state(model, optimizer)  # before reading the model: the dummy step may touch weights
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
-    dcp.load(state, checkpoint_id=path)
+    dcp.load(state, **_source(version))
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
-    rng_path = os.path.join(path, _rng_file())
-    if os.path.exists(rng_path):  # same world size: this rank's own RNG streams, BatchNorm stats and lrs
-        local = torch.load(rng_path, weights_only=False)
+    rng_path = os.path.join(version, _rng_file())
+    if io.exists(rng_path):  # same world size: this rank's own RNG streams, BatchNorm stats and lrs
+        local = _torch_load(rng_path)
         _set_rng_state(local.get("rng", local))  # older checkpoints hold only the RNG dict
         _set_norm_buffers(model, local.get("norm_buffers", {}))
         if optimizer is not None and "param_groups" in local:
@@ -101,10 +168,16 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any | None = None) -
         # Resharded: the per-rank files are of another world size. Each holds the groups of the tables its rank
         # owned (and the replicated dense ones): their union names every parameter once or more.
         groups = []
-        for name in sorted(n for n in os.listdir(path) if n.startswith("rng_rank")):
-            groups.extend(torch.load(os.path.join(path, name), weights_only=False).get("param_groups", []))
+        for name in sorted(n for n in io.listdir(version) if n.startswith("rng_rank")):
+            groups.extend(_torch_load(os.path.join(version, name)).get("param_groups", []))
         _set_hyper_parameters(optimizer, groups)
-    return io.read_json(os.path.join(path, STATE_FILE))
+    return io.read_json(os.path.join(version, STATE_FILE))
+
+
+def _torch_load(path: str) -> Any:
+    if io.is_local(path):
+        return torch.load(path, weights_only=False)
+    return torch.load(stdio.BytesIO(io.read_bytes(path)), weights_only=False)
 
 
 def load_unsharded(checkpoint_path: str, model: nn.Module) -> nn.Module:
@@ -117,10 +190,12 @@ def load_unsharded(checkpoint_path: str, model: nn.Module) -> nn.Module:
     """
     if not is_complete(checkpoint_path):
         raise FileNotFoundError(f"{checkpoint_path}: not a complete checkpoint (missing {STATE_FILE})")
+    version = _version(checkpoint_path)
+    assert version is not None
     target = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    prefix = _saved_prefix(checkpoint_path, list(target))
+    prefix = _saved_prefix(version, list(target))
     wrapped = {prefix + k: v for k, v in target.items()}
-    dcp.load({"model": wrapped}, checkpoint_id=checkpoint_path, no_dist=True)
+    dcp.load({"model": wrapped}, **_source(version), no_dist=True)
     model.load_state_dict({k: wrapped[prefix + k].contiguous() for k in target}, strict=True)
     return model
 
@@ -128,7 +203,7 @@ def load_unsharded(checkpoint_path: str, model: nn.Module) -> nn.Module:
 def _saved_prefix(checkpoint_path: str, keys: list[str]) -> str:
     """The prefix under which the checkpoint's ``model`` entry holds every one of ``keys``."""
     top = "model."
-    saved = {k[len(top):] for k in dcp.FileSystemReader(checkpoint_path).read_metadata().state_dict_metadata
+    saved = {k[len(top):] for k in _reader(checkpoint_path).read_metadata().state_dict_metadata
              if k.startswith(top)}
     longest = max(keys, key=len)
     for name in saved:
@@ -255,6 +330,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def periodic_checkpoints(directory: str) -> list[str]:
     """Complete periodic checkpoints, oldest first."""
+    if not io.is_local(directory):
+        names = sorted(n[:-len(POINTER)] for n in io.listdir(directory) if n.startswith("step_") and
+                       n.endswith(POINTER))
+        return [p for p in (f"{directory}/{n}" for n in names) if is_complete(p)]
     if not os.path.isdir(directory):
         return []
     names = sorted(n for n in os.listdir(directory) if n.startswith("step_") and not n.endswith((PARTIAL, ".old")))
@@ -268,8 +347,26 @@ def prune_checkpoints(directory: str, keep_last: int) -> None:
     """
     if not _is_main():
         return
+    if not io.is_local(directory):
+        _prune_remote(directory, keep_last)
+        return
     for path in periodic_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
         if name.endswith(PARTIAL):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _prune_remote(directory: str, keep_last: int) -> None:
+    """:func:`prune_checkpoints` on an object store: a dropped checkpoint loses its pointer first, then its version;
+    versions that no pointer names (saves a crash interrupted) are deleted."""
+    for path in periodic_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        version = _version(path)
+        io.remove(path + POINTER)
+        if version is not None:
+            io.rmtree(version)
+    names = io.listdir(directory)
+    named = {_version(f"{directory}/{n[:-len(POINTER)]}") for n in names if n.endswith(POINTER)}
+    for name in names:
+        if not name.endswith(POINTER) and f"{directory}/{name}" not in named:
+            io.rmtree(f"{directory}/{name}")

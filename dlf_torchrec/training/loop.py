@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from tqdm import tqdm
 
+from dlf_torchrec import io
 from dlf_torchrec.config import ConfigError, ExperimentConfig
 from dlf_torchrec.data.loader import make_dataloader
 from dlf_torchrec.data.meta import DatasetMeta
@@ -72,14 +72,13 @@ class MetricsLog:
     def __init__(self, path: str, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
         if enabled:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            io.makedirs(os.path.dirname(path) or ".")
         self.tracker = RunTracker(os.path.dirname(path) or ".", enabled)
 
     def write(self, **record: Any) -> None:
         if self.enabled:
             record = json_safe({"time": round(time.time(), 3), **record})
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record, allow_nan=False) + "\n")
+            io.append_text(self.path, json.dumps(record, allow_nan=False) + "\n")
             self.tracker.record(record)
 
     def close(self) -> None:
@@ -235,7 +234,7 @@ class Trainer:
         """Whether a stop was requested (:data:`STOP_FILE`; rank 0 looks, every rank gets its answer); if so the run
         ends like an early stop, and the file is removed."""
         path = os.path.join(self.cfg.training.output_dir, STOP_FILE)
-        flag = [self.ctx.is_main and os.path.exists(path)]
+        flag = [self.ctx.is_main and io.exists(path)]
         if self.ctx.world_size > 1:
             torch.distributed.broadcast_object_list(flag, src=0)
         if flag[0] and not self.state.stopped_early:
@@ -244,8 +243,7 @@ class Trainer:
                            step=self.state.global_step)
             if self.ctx.is_main:
                 tqdm.write(f"[dlf_torchrec] stop requested ({path}): finishing like an early stop")
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
+                io.remove(path)
         return bool(flag[0])
 
     @property

@@ -7,16 +7,15 @@ The synthetic generator draws every label from a known teacher and keeps each ro
   split's rows better in expectation);
 * **LR AUC**: the ``lr`` model (first-order only, the packaged ``dlf_torchrec/configs/synthetic/lr.yaml``) trained
   by this product on the same shards and ranks. It is trained once per dataset, on the first synthetic run that
-  needs it, under ``<dataset.output_dir>/baselines/lr/`` and cached there in ``baseline.json`` with the
-  configuration and dataset it belongs to (a changed ``lr.yaml`` or regenerated dataset retrains it; a run of the
-  ``lr`` model reports its own AUC);
+  needs it, under ``<dataset.output_dir>/baselines/lr/`` (for an object-store dataset: under its local copy) and
+  cached there in ``baseline.json`` with the configuration and dataset it belongs to (a changed ``lr.yaml`` or
+  regenerated dataset retrains it; a run of the ``lr`` model reports its own AUC);
 * **ratio**: (AUC - 0.5) / (oracle AUC - 0.5), for the model and for LR.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from dlf_torchrec import io
 from dlf_torchrec.config import PACKAGED_CONFIGS, ExperimentConfig, load_config
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.data.synthetic import split_probabilities
@@ -44,12 +44,13 @@ def oracle_auc(data_dir: str, split: str) -> float:
     return roc_auc(labels, probs)
 
 
-def lr_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The packaged ``lr.yaml`` on the run's dataset, writing under ``<dataset.output_dir>/baselines/lr``."""
+def lr_config(cfg: ExperimentConfig, data_dir: str) -> ExperimentConfig:
+    """The packaged ``lr.yaml`` on the run's dataset, writing under ``<data_dir>/baselines/lr`` (``data_dir``: the
+    dataset's local directory, for an object-store dataset its local copy)."""
     lr = load_config(str(LR_CONFIG))
     lr.dataset = cfg.dataset
     tr = lr.training
-    tr.output_dir = os.path.join(cfg.dataset.output_dir, "baselines", "lr")
+    tr.output_dir = os.path.join(data_dir, "baselines", "lr")
     tr.progress, tr.device, tr.resume = cfg.training.progress, cfg.training.device, False
     return lr
 
@@ -61,7 +62,7 @@ def lr_baseline(cfg: ExperimentConfig, ctx: DistContext, data_dir: str, results:
     """
     if cfg.model_name == "lr":
         return results
-    lr = lr_config(cfg)
+    lr = lr_config(cfg, data_dir)
     # Concurrent runs on one dataset (a sweep's trials) train it once: the others' rank 0 waits here, then reads
     # the cache. Only rank 0 takes the lock; the other ranks wait in the broadcast below.
     with _exclusive(lr.training.output_dir + ".lock" if ctx.is_main else None):
@@ -74,13 +75,8 @@ def _exclusive(lock_path: str | None) -> Iterator[None]:
     if lock_path is None:
         yield
         return
-    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with io.exclusive_lock(lock_path):
+        yield
 
 
 def _lr_baseline(lr: ExperimentConfig, ctx: DistContext, data_dir: str) -> Results:

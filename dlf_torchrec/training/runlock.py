@@ -3,6 +3,11 @@
 The lock is an ``fcntl.flock`` on the file, so the kernel releases it when the holder dies, however it dies; the
 file's content (pid, host, start time) names the holder for the second run's message. A file left behind by a
 holder that did not release it (SIGKILL, power loss) is a stale lock: the next run reports it and takes over.
+
+An object store has no such lock (an object outlives a killed holder, and nothing can tell a dead holder from a
+live one on another host), so for an ``s3://`` (or other URI) output directory the lock is host-local: the same
+file, kept under :func:`dlf_torchrec.io.cache_path` ``("locks", uri)``. It keeps two runs on one host out of one
+prefix; runs on two hosts are not detected, which :meth:`RunLock.acquire` says in one line on stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import socket
 import sys
 import time
 from typing import Any
+
+from dlf_torchrec import io
 
 LOCK_FILE = "run.lock"
 
@@ -41,7 +48,9 @@ class RunLock:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        self.path = os.path.join(directory, LOCK_FILE)
+        self.remote = not io.is_local(directory)
+        self._lock_dir = io.cache_path("locks", directory) if self.remote else directory
+        self.path = os.path.join(self._lock_dir, LOCK_FILE)
         self._fd: int | None = None
 
     def _read_owner(self) -> dict[str, Any]:
@@ -70,7 +79,10 @@ class RunLock:
             os.close(fd)
 
     def acquire(self) -> None:
-        os.makedirs(self.directory, exist_ok=True)
+        os.makedirs(self._lock_dir, exist_ok=True)
+        if self.remote:
+            print(f"[dlf_torchrec] run lock of {self.directory} is host-local ({self.path}): an object store has no "
+                  f"lock, so a run into the same prefix from another host is not detected", file=sys.stderr)
         fd = self._lock_file()
         previous = self._read_owner()
         if previous:  # we hold the lock, so its last holder is gone without releasing it

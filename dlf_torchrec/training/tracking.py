@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import warnings
 from typing import Any
+
+from dlf_torchrec import io
 
 CURVES_FILE = "curves.png"
 METRICS_FILE = "metrics.jsonl"
@@ -31,7 +34,7 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (a torn last line, as a killed run may leave, is skipped)."""
     records = []
     try:
-        with open(path) as f:
+        with io.open_file(path) as f:
             for line in f:
                 try:
                     record = json.loads(line)
@@ -71,13 +74,22 @@ class RunTracker:
         self.output_dir, self.enabled = output_dir, enabled
         self.last_step = 0
         self._writer: Any = None
+        # TensorBoard appends to its event file: on an object store it writes a local copy, uploaded at each flush.
+        self._log_dir = output_dir if io.is_local(output_dir) else io.cache_path("tensorboard", output_dir)
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:  # pragma: no cover - tensorboard is in requirements.txt
                 warnings.warn(f"TensorBoard logging is off ({e}); pip install tensorboard", stacklevel=2)
             else:
-                self._writer = SummaryWriter(log_dir=output_dir, flush_secs=30)
+                if self._log_dir != output_dir:  # only this run's event file, not an earlier run's, is uploaded
+                    shutil.rmtree(self._log_dir, ignore_errors=True)
+                self._writer = SummaryWriter(log_dir=self._log_dir, flush_secs=30)
+
+    def _flush(self) -> None:
+        self._writer.flush()
+        if self._log_dir != self.output_dir:
+            io.upload_files(self._log_dir, self.output_dir)
 
     def record(self, record: dict[str, Any]) -> None:
         if self._writer is None:
@@ -87,13 +99,14 @@ class RunTracker:
         for tag, value in scalars(record).items():
             self._writer.add_scalar(tag, value, self.last_step, walltime=record.get("time"))
         if record.get("event") in ("eval", "final"):
-            self._writer.flush()  # a sweep (or a person) watching the run sees each evaluation at once
+            self._flush()  # a sweep (or a person) watching the run sees each evaluation at once
 
     def close(self) -> None:
         """Flush the event file and draw ``curves.png`` from the run's whole ``metrics.jsonl``."""
         if not self.enabled:
             return
         if self._writer is not None:
+            self._flush()
             self._writer.close()
             self._writer = None
         try:
@@ -142,7 +155,8 @@ def plot_curves(run_dir: str, out: str | None = None) -> str | None:
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
     path = out or os.path.join(run_dir, CURVES_FILE)
-    fig.savefig(path, dpi=90)
+    with io.atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=90, format="png")
     plt.close(fig)
     return path
 
