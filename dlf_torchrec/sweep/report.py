@@ -112,6 +112,7 @@ def plot_params(study: optuna.Study, space: SweepSpace, sweep_dir: str, most: in
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     if not trials:
@@ -134,6 +135,7 @@ def plot_params(study: optuna.Study, space: SweepSpace, sweep_dir: str, most: in
                 ax.scatter([x for x, _ in pts], [y for _, y in pts], c=color, label=state.name.lower(), s=22)
         if param.kind == "log_range":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks overlap
         ax.set_xlabel(f"{key} (importance {weights.get(key, 0.0):.2f})")
         ax.set_ylabel("valid monitor")
         ax.grid(alpha=0.3)
