@@ -72,20 +72,23 @@ def write_results(study: optuna.Study, space: SweepSpace, sweep_dir: str, monito
 
 
 def write_best_config(study: optuna.Study, space: SweepSpace, config: str, base_overrides: list[str],
-                      sweep_dir: str) -> str | None:
+                      sweep_dir: str, best: optuna.trial.FrozenTrial | None = None, why: str = "") -> str | None:
     """The best complete trial's whole config (base YAML + overrides + its values), ready to train; its
-    ``training.output_dir`` is ``<sweep_dir>/best``. None while no trial has completed."""
+    ``training.output_dir`` is ``<sweep_dir>/best``. None while no trial has completed. ``best`` picks another
+    trial than the one with the best single score (the seed phase picks the best mean), ``why`` says why."""
     from dlf_torchrec.config import load_config
     from dlf_torchrec.sweep.space import overrides
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not complete:
         return None
-    best = max(complete, key=lambda t: t.value if t.value is not None else -math.inf)
+    if best is None:
+        best = max(complete, key=lambda t: t.value if t.value is not None else -math.inf)
+        why = f"valid monitor {best.value:.6g}"
     values = space.config_values(best.params)
     cfg = load_config(config, [*base_overrides, *overrides(values),
                                f"training.output_dir={os.path.join(sweep_dir, 'best')}"])
-    header = (f"# Best trial {best.number} of the sweep in {sweep_dir} (valid monitor {best.value:.6g}, tuned on the "
+    header = (f"# Best trial {best.number} of the sweep in {sweep_dir} ({why}, tuned on the "
               f"validation split only)\n# base: {config} {' '.join(base_overrides)}\n"
               + "".join(f"# {k}: {yaml_value(v)}\n" for k, v in values.items())
               + f"# python -m dlf_torchrec.train --config {os.path.join(sweep_dir, BEST_CONFIG)}\n")
