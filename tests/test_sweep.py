@@ -200,3 +200,24 @@ def test_trial_killed_between_ask_and_suggest_gets_its_grid_point(tmp_path: Path
     assert act.values == {"optimizer.sparse.lr": 0.001}
     assert " optimizer.sparse.lr=0.001 " in " ".join(runner.args)
     assert study.get_trials(deepcopy=False)[asked.number].params == {"optimizer.sparse.lr": 0.001}
+
+
+def test_shipped_tuned_frappe_config_is_the_committed_sweeps_best() -> None:
+    """configs/frappe/dcnv2_tuned.yaml is the best config (best mean over seeds) of the committed Frappe sweep."""
+    from dlf_torchrec.config import load_config
+
+    sweep = REPO / "benchmarks/results/sweeps/frappe_dcnv2"
+    assert "best mean valid monitor over seeds" in (sweep / "best_config.yaml").read_text()
+    best, shipped = (load_config(p).to_dict() for p in (sweep / "best_config.yaml",
+                                                           REPO / "configs/frappe/dcnv2_tuned.yaml"))
+    for cfg in (best, shipped):
+        cfg["training"].pop("output_dir")
+        cfg["model"]["dropout"] = round(cfg["model"]["dropout"], 6)  # the sampler's 0.30000000000000004
+    for section in ("features", "optimizer", "sharding", "training", "model"):
+        assert shipped[section] == best[section], section
+    # the sweep scored it best on the mean over its seeds
+    seeds = list(csv.DictReader(open(sweep / "seeds.csv")))
+    means = {int(r["trial"]): float(r["score"].split(" ± ")[0]) for r in seeds}
+    assert len(seeds) == 3 and means[3] == max(means.values())
+    trials = rows(sweep)
+    assert len(trials) >= 16 and {r["status"] for r in trials} == {"complete", "pruned"}
