@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,12 +69,26 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistContext
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
         store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
-        # torchrun shares its rendezvous TCPStore with the workers and keeps it across restarts: without a prefix
-        # per restart, restarted workers read the dead attempt's gloo address keys ("connectFullMesh failed").
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"dlf_torchrec/attempt_{attempt}", store)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            store = _per_attempt(store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistContext(rank, world_size, local_rank, local_world_size, dev, backend)
+
+
+def _per_attempt(store: dist.Store) -> dist.Store:
+    """torchrun shares its rendezvous TCPStore with the workers and keeps it across restarts: without a prefix per
+    restart, restarted workers read the dead attempt's gloo address keys ("connectFullMesh failed"). The restart
+    count is per agent, so with several agents it only names the attempt while every node restarted as often: after
+    one node's worker died, the nodes disagree and the new workers wait forever for each other's keys (pytorch#135712).
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (set by our TorchX component) gives every round a fresh store instead."""
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    if nodes > 1 and int(os.environ["RANK"]) == 0:
+        print(f"[dlf_torchrec] warning: {nodes} torchrun agents share one rendezvous store across restarts; a restart "
+              "after one node's worker failed (--max-restarts) or a membership change can hang. Set "
+              "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for multi-node runs (pytorch#135712; docs/reliability.md)",
+              file=sys.stderr, flush=True)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"dlf_torchrec/attempt_{attempt}", store)
 
 
 def shutdown_distributed() -> None:

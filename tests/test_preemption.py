@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_reliability import _args, _events, _popen, _torchrun, _wait, _worker
+from test_reliability import ENV, _args, _events, _popen, _torchrun, _wait, _worker
 
 from dlf_torchrec.training import checkpoint as ckpt
 from dlf_torchrec.training.preemption import EXIT_PREEMPTED, StopRequest
@@ -80,6 +80,20 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(sigterm_referenc
     assert not (run / "results.json").exists()
 
 
+RESTARTABLE_RDZV_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def _two_agents(data_dir: str, run: Path, tmp_path: Path, max_restarts: int = 1) -> list[subprocess.Popen]:
+    """Two torchrun agents (``--nnodes 2``, c10d rendezvous on a free local port, one rank each) training the small
+    run into ``run``; their logs are ``tmp_path/node{0,1}.log``."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    return [_popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                    "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=two_agents",
+                    f"--max-restarts={max_restarts}", "--monitor-interval=0.5", "-m", "dlf_torchrec.train",
+                    *_args(data_dir, run, *EXTRA)],
+                   tmp_path / f"node{node}.log", env={**ENV, **RESTARTABLE_RDZV_ENV}) for node in (0, 1)]
+
+
 def test_sigterm_to_one_node_of_two_torchrun_agents_resumes_exactly(sigterm_reference: tuple[str, Path],
                                                                      tmp_path: Path) -> None:
     """Two torchrun agents (``--nnodes 2``, c10d rendezvous, one rank each: a 2-node job on one machine); only the
@@ -88,11 +102,7 @@ def test_sigterm_to_one_node_of_two_torchrun_agents_resumes_exactly(sigterm_refe
     exactly."""
     data_dir, reference = sigterm_reference
     run = tmp_path / "run"
-    endpoint = f"127.0.0.1:{_free_port()}"
-    agents = [_popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                      "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=sigterm", "--max-restarts=1",
-                      "--monitor-interval=0.5", "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)],
-                     tmp_path / f"node{node}.log") for node in (0, 1)]
+    agents = _two_agents(data_dir, run, tmp_path)
     _signal_after_first_checkpoint(agents[1], run, tmp_path / "node1.log", 0)
     for node, agent in enumerate(agents):
         log = tmp_path / f"node{node}.log"
@@ -105,6 +115,37 @@ def test_sigterm_to_one_node_of_two_torchrun_agents_resumes_exactly(sigterm_refe
     _assert_resumed_exactly(run, reference)
 
 
+def test_sigkilled_worker_of_one_node_of_two_torchrun_agents_resumes_exactly(sigterm_reference: tuple[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """Two torchrun agents as above; the second node's worker is SIGKILLed mid-epoch (no checkpoint of its own, no
+    goodbye). Its agent restarts it; the other node's worker fails on the broken connection and its agent restarts
+    it too (each agent spends a restart, and on a loaded machine a restarted rank can miss the other's round and
+    spend another: 3 allowed); they resume from the newest complete checkpoint with exactly the metrics of an
+    uninterrupted run."""
+    data_dir, reference = sigterm_reference
+    run = tmp_path / "run"
+    agents = _two_agents(data_dir, run, tmp_path, max_restarts=3)
+    killed, deadline = None, time.time() + 240
+    while killed is None and time.time() < deadline and agents[1].poll() is None:
+        if any(e["event"] == "checkpoint" and e["epoch"] == 0 for e in _events(run)):
+            killed = _worker(agents[1].pid, 0)
+            if killed is not None:
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    assert killed is not None, (tmp_path / "node1.log").read_text()[-4000:]
+    for node, agent in enumerate(agents):
+        log = tmp_path / f"node{node}.log"
+        assert _wait(agent, 300, log) == 0, log.read_text()[-4000:]
+    assert "exitcode: -9" in (tmp_path / "node1.log").read_text()
+    events = _events(run)
+    assert not [e for e in events if e["event"] == "preempted"]
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert resumes and {(r["epoch"], r["step"]) for r in resumes} == {(0, resumes[0]["step"])}, resumes
+    assert resumes[0]["step"] > 0
+    assert json.loads((run / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
+    assert _evals(run) == _evals(reference)
+
+
 def test_stop_request_records_the_signal_and_restores_the_handler() -> None:
     """Single process: the handler only records SIGTERM (the process goes on); leaving restores the old handler."""
     before = signal.getsignal(signal.SIGTERM)
@@ -113,3 +154,23 @@ def test_stop_request_records_the_signal_and_restores_the_handler() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.agreed() and stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_shared_rendezvous_store_is_prefixed_per_attempt_and_multi_node_warns(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under torchrun's shared store every attempt gets its own key prefix; with several agents (where the per-agent
+    restart count cannot name the attempt) rank 0 says how to avoid the hang."""
+    import torch.distributed as dist
+
+    from dlf_torchrec.parallel import _per_attempt
+
+    base = dist.HashStore()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    _per_attempt(base).set("k", "v")
+    assert base.get("dlf_torchrec/attempt_2/k") == b"v"
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    _per_attempt(base)
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err

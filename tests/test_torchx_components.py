@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def torchx_env() -> dict[str, str]:
     """Environment for the torchx CLI: this venv's torchrun/python first on PATH, only the repo's .torchxconfig."""
     env = {k: v for k, v in os.environ.items() if k != "TORCHXCONFIG"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["HOME"] = str(REPO / ".no_home")  # keep a user-level ~/.torchxconfig out of the way (the dir need not exist)
+    # keep a user-level ~/.torchxconfig out of the way; outside the repo, as matplotlib writes its cache under HOME
+    env["HOME"] = str(Path(tempfile.gettempdir()) / "dlf_torchrec_tests_no_home")
     return env
 
 
@@ -110,6 +112,17 @@ def test_train_slurm_multi_node_gpu(runner: Runner) -> None:
     assert "--nnodes 4 --nproc_per_node 8" in script
     assert "-m dlf_torchrec.train --config configs/criteo/dcnv2.yaml training.output_dir=/shared/runs/x" in script
     assert "NCCL_SOCKET_IFNAME=ib0" in script and "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in script
+    # restarts after one node's failure need a fresh rendezvous store per round (pytorch#135712)
+    assert role.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1" and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in script
+
+
+def test_train_single_node_keeps_torchruns_shared_store(runner: Runner) -> None:
+    for j in ("1x2", "1x8"):
+        (role,) = dryrun(runner, f"{COMPONENTS}:train", ["-j", j], "local_cwd")._app.roles
+        assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in role.env, j
+    (role,) = dryrun(runner, f"{COMPONENTS}:train", ["-j", "1:3x2", "--env", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=0"],
+                     "slurm")._app.roles
+    assert role.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "0"  # elastic, but the user's value wins
 
 
 def test_train_named_gpu_resource_gets_nccl_env(runner: Runner) -> None:

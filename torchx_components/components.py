@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import torchx
 import torchx.specs as specs
-from torchx.components.dist import ddp
+from torchx.components.dist import ddp, parse_nnodes
 
 TRAIN_MODULE = "dlf_torchrec.train"
 PREPROCESS_MODULE = "dlf_torchrec.data.preprocess"
@@ -57,6 +57,24 @@ def job_env(env: Optional[Dict[str, str]], gpus: int) -> Dict[str, str]:
     return merged
 
 
+MULTI_NODE_ENV_DEFAULTS: Dict[str, str] = {
+    # torchrun shares its rendezvous store with the workers across restarts and names each attempt by a per-agent
+    # restart count, which the nodes disagree on after one node's worker died: the restarted workers then hang
+    # (pytorch#135712, docs/reliability.md). Opting out gives every rendezvous round a fresh store.
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+}
+"""Environment defaults set for multi-node jobs (``-j NxM`` with N > 1 or an elastic range); ``env`` wins."""
+
+
+def train_env(env: Optional[Dict[str, str]], gpus: int, j: str) -> Dict[str, str]:
+    """:func:`job_env` plus :data:`MULTI_NODE_ENV_DEFAULTS` when ``j`` asks for more than one node."""
+    merged = job_env(env, gpus)
+    if parse_nnodes(j)[1] > 1:
+        for key, value in MULTI_NODE_ENV_DEFAULTS.items():
+            merged.setdefault(key, value)
+    return merged
+
+
 def train(
     *overrides: str,
     config: str = DEFAULT_CONFIG,
@@ -81,8 +99,9 @@ def train(
     Runs ``python -m dlf_torchrec.train --config CONFIG [OVERRIDES...]`` on every rank. Rank 0 preprocesses the
     dataset on first use; checkpoints, metrics.jsonl and results.json go to ``training.output_dir``, which must be
     on a filesystem shared by all nodes for multi-node jobs. CPU runs use gloo, GPU runs NCCL (chosen by
-    dlf_torchrec from training.device=auto); GPU runs get NCCL_DEBUG=WARN and TORCH_NCCL_ASYNC_ERROR_HANDLING=1
-    unless ``env`` sets them.
+    dlf_torchrec from training.device=auto); GPU runs get NCCL_DEBUG=WARN and TORCH_NCCL_ASYNC_ERROR_HANDLING=1,
+    multi-node runs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (restarts after one node's failure), unless ``env`` sets
+    them.
 
     Usage: torchx run -s local_cwd torchx_components/components.py:train -j 1x2 training.epochs=1
     Usage: torchx run -s slurm -cfg partition=gpu,time=04:00:00 torchx_components/components.py:train -j 4x8
@@ -124,7 +143,7 @@ def train(
         gpu=gpu,
         memMB=memMB,
         j=j,
-        env=job_env(env, num_gpus(cpu, gpu, memMB, h)),
+        env=train_env(env, num_gpus(cpu, gpu, memMB, h), j),
         max_retries=max_retries,
         rdzv_port=rdzv_port,
         rdzv_backend=rdzv_backend,
