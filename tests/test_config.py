@@ -10,8 +10,27 @@ import pytest
 from dlf_torchrec.config import ConfigError, build_config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-# bases and includes too, and the configs the package ships
-CONFIGS = sorted([*REPO.glob("configs/*/*.yaml"), *REPO.glob("dlf_torchrec/configs/*/*.yaml")])
+# bases and includes too, and the configs the package ships (sweep spaces are not experiments: tested below)
+CONFIGS = sorted([*(p for p in REPO.glob("configs/*/*.yaml") if p.parent.name != "sweeps"),
+                  *REPO.glob("dlf_torchrec/configs/*/*.yaml")])
+SWEEP_SPACES = sorted(REPO.glob("configs/sweeps/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_SPACES, ids=lambda p: p.name)
+def test_every_shipped_sweep_space_validates_against_its_config(path: Path) -> None:
+    """A sweep space parses, and every key it sweeps exists in the experiment config named in its command line."""
+    import re
+
+    import yaml
+
+    from dlf_torchrec.sweep.space import overrides, parse_space
+
+    text = path.read_text()
+    space = parse_space(yaml.safe_load(text), str(path))
+    (config,) = re.findall(r"--config (\S+\.yaml)", text)
+    for p in space.params:
+        for value in (p.choices if p.kind == "choices" else [p.low, p.high]):
+            load_config(REPO / config, overrides({p.key: int(value) if p.integer else value}))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
