@@ -162,3 +162,24 @@ def test_flops_quick_counts_a_dlf_model(tmp_path: os.PathLike) -> None:
     # Backward costs about twice the forward (two matmuls per forward matmul), so fwd+bwd is ~3x fwd.
     assert 2.5 < float(row["mflop_per_sample_fwd_bwd"]) / float(row["mflop_per_sample_fwd"]) < 3.5
     assert int(row["params"]) > 1_000_000
+
+
+@pytest.mark.slow
+def test_roofline_quick_accounts_for_the_flops_and_the_step_time(tmp_path: os.PathLike) -> None:
+    import roofline
+
+    proc = _run("roofline.py", "--quick", "--out", str(tmp_path))
+    stamp, rows = common.read_csv(os.path.join(tmp_path, "roofline.csv"))
+    _check_stamp(stamp)
+    assert [r["model"] for r in rows] == ["dnn", "dcnv2"] and list(rows[0]) == list(roofline.COLUMNS)
+    for r in rows:
+        # every matmul of DNN and DCNv2 is an nn.Linear: the hooked shapes explain the counted FLOPs exactly
+        assert abs(float(r["linear_share"]) - 1.0) < 0.01, r
+        achieved = float(r["samples_per_s"]) * float(r["mflop_per_sample"]) / 1e3
+        assert abs(achieved - float(r["achieved_gflops"])) <= 0.01 * achieved + 0.1, r
+        shares = [float(r[k]) for k in ("gemm_pct", "embedding_pct", "dense_optimizer_pct", "other_ops_pct",
+                                        "untracked_pct")]
+        assert min(shares) >= 0 and abs(sum(shares) - 100) < 1.0 and float(r["gemm_pct"]) > 0, r
+    assert "square GEMM GFLOP/s" in proc.stdout
+    assert os.path.getsize(os.path.join(tmp_path, "roofline.png")) > 5000
+    assert "## This machine" in open(os.path.join(tmp_path, "roofline.md")).read()
