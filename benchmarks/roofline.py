@@ -202,6 +202,8 @@ def plot(rows: list[dict[str, Any]], peaks: dict[str, float], path: str, stamp: 
         ax.annotate(f"{r['pct_of_square_peak']:.0f}%", (i, r["achieved_gflops"]), ha="center", va="bottom")
     ax.set_ylabel("fp32 GFLOP/s (matmul FLOPs, forward + backward)")
     ax.set_title(f"Training step vs this machine's GEMM peak (batch {rows[0]['batch_size'] if rows else ''})")
+    top = max([peaks["square"], *(r["shape_peak_gflops"] for r in rows), *(r["achieved_gflops"] for r in rows)])
+    ax.set_ylim(0, 1.4 * top)  # room for the legend above the markers
     ax.legend(fontsize=8, loc="upper right")
     return common.save_figure(fig, path, stamp)
 
