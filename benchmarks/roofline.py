@@ -12,9 +12,11 @@ achieved GFLOP/s as a share of both peaks; (6) a ``torch.profiler`` breakdown of
 GEMM, the fused embedding kernels (FBGEMM forward, backward + row-wise Adagrad), the dense optimiser, every other
 op (element-wise, BatchNorm, dropout, copies) and the time outside ops (Python, bookkeeping); (7) the embedding
 traffic, estimated as 5 row-sized fp32 transfers per field and sample (forward gather; backward gradient write and
-read; row read and write in the fused update), as a share of the copy bandwidth.
+read; row read and write in the fused update), as a share of the copy bandwidth. Each model is measured
+``--repeats`` times, the models alternating, and the repeat with the median share of the peak is reported
+(``roofline_runs.csv`` holds every repeat).
 
-    python benchmarks/roofline.py                  # dnn dcnv2 tf4ctr dlf, batch 4096, ~5 min on 2 cores
+    python benchmarks/roofline.py                  # dnn dcnv2 tf4ctr dlf, batch 4096, 3 repeats, ~10 min on 2 cores
     python benchmarks/roofline.py --quick          # small shapes, seconds (the tests run this)
 
 Outputs in ``--out`` (default ``benchmarks/results/roofline``): ``roofline.csv``, ``roofline.md`` (stamped) and
@@ -42,9 +44,10 @@ from timing import time_steps  # noqa: E402
 
 from dlf_torchrec import cli  # noqa: E402
 
-COLUMNS = ("model", "batch_size", "mflop_per_sample", "linear_share", "shape_peak_gflops", "samples_per_s",
-           "achieved_gflops", "pct_of_square_peak", "pct_of_shape_peak", "gemm_pct", "embedding_pct",
-           "dense_optimizer_pct", "other_ops_pct", "untracked_pct", "embedding_gb_per_s", "pct_of_copy_bandwidth")
+COLUMNS = ("model", "batch_size", "repeat", "mflop_per_sample", "linear_share", "shape_peak_gflops", "samples_per_s",
+           "achieved_gflops", "square_peak_gflops", "pct_of_square_peak", "pct_of_square_peak_range",
+           "pct_of_shape_peak", "gemm_pct", "embedding_pct", "dense_optimizer_pct", "other_ops_pct", "untracked_pct",
+           "embedding_gb_per_s", "pct_of_copy_bandwidth")
 EMBEDDING_TRANSFERS = 5  # row-sized fp32 transfers per field and sample, see the module docstring
 
 
@@ -149,7 +152,9 @@ def profile_shares(step: Callable[[], object], steps: int) -> dict[str, float]:
     return out
 
 
-def measure_model(name: str, args: argparse.Namespace, ctx: Any, peak: float, copy_gbs: float) -> dict[str, Any]:
+def measure_model(name: str, args: argparse.Namespace, ctx: Any, copy_gbs: float) -> dict[str, Any]:
+    """One model's row; the square GEMM peak is measured again right before its step, so that a neighbour's load
+    or a clock change moves both sides of the ratio alike."""
     import torch
 
     from dlf_torchrec.config import build_config
@@ -165,6 +170,7 @@ def measure_model(name: str, args: argparse.Namespace, ctx: Any, peak: float, co
                                                                                .manual_seed(0)), counted)
     del model
     shape_peak = shape_peak_gflops(shapes, args.batch_size // counted, args.gemm_seconds)
+    peak = max(gemm_gflops(n, n, n, args.gemm_seconds) for n in args.square)
     stack = build_training_stack(cfg, ctx, spec)
     stack.dmp.train()
     data = itertools.cycle(make_batches(spec, args.batch_size, args.num_batches, 1.1, 2019))
@@ -182,7 +188,7 @@ def measure_model(name: str, args: argparse.Namespace, ctx: Any, peak: float, co
     emb_gbs = sps * len(spec.categorical) * args.embedding_dim * 4 * EMBEDDING_TRANSFERS / 1e9
     row = {"model": name, "batch_size": args.batch_size, "mflop_per_sample": round(mflop, 2),
            "linear_share": round(linear_share, 3), "shape_peak_gflops": round(shape_peak, 1),
-           "samples_per_s": round(sps), "achieved_gflops": round(achieved, 1),
+           "samples_per_s": round(sps), "achieved_gflops": round(achieved, 1), "square_peak_gflops": round(peak, 1),
            "pct_of_square_peak": round(100 * achieved / peak, 1),
            "pct_of_shape_peak": round(100 * achieved / shape_peak, 1),
            **{f"{k}_pct": round(v, 1) for k, v in shares.items()},
@@ -191,18 +197,29 @@ def measure_model(name: str, args: argparse.Namespace, ctx: Any, peak: float, co
     return row
 
 
-def plot(rows: list[dict[str, Any]], peaks: dict[str, float], path: str, stamp: dict[str, str]) -> str:
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat with the median share of the square peak (the lower middle one for an even count), with the
+    range over all repeats beside it."""
+    ordered = sorted(runs, key=lambda r: r["pct_of_square_peak"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["pct_of_square_peak_range"] = f"{ordered[0]['pct_of_square_peak']}-{ordered[-1]['pct_of_square_peak']}"
+    return row
+
+
+def plot(rows: list[dict[str, Any]], path: str, stamp: dict[str, str]) -> str:
     fig, ax = common.new_figure(9, 4.8)
     names = [r["model"] for r in rows]
     ax.bar(names, [r["achieved_gflops"] for r in rows], color="tab:blue", label="achieved (whole training step)")
     ax.scatter(names, [r["shape_peak_gflops"] for r in rows], marker="_", s=900, color="tab:orange", zorder=3,
                label="the model's own Linear GEMM shapes, timed alone")
-    ax.axhline(peaks["square"], color="k", ls="--", lw=1, label=f"square GEMM peak ({peaks['square']:.0f} GFLOP/s)")
+    ax.scatter(names, [r["square_peak_gflops"] for r in rows], marker="_", s=900, color="k", zorder=3,
+               label="square GEMM peak, measured right before the model's step")
     for i, r in enumerate(rows):
         ax.annotate(f"{r['pct_of_square_peak']:.0f}%", (i, r["achieved_gflops"]), ha="center", va="bottom")
     ax.set_ylabel("fp32 GFLOP/s (matmul FLOPs, forward + backward)")
-    ax.set_title(f"Training step vs this machine's GEMM peak (batch {rows[0]['batch_size'] if rows else ''})")
-    top = max([peaks["square"], *(r["shape_peak_gflops"] for r in rows), *(r["achieved_gflops"] for r in rows)])
+    ax.set_title(f"Training step vs this machine's GEMM peak (batch {rows[0]['batch_size'] if rows else ''}; "
+                 "median of the repeats)")
+    top = max([*(r["square_peak_gflops"] for r in rows), *(r["shape_peak_gflops"] for r in rows)])
     ax.set_ylim(0, 1.4 * top)  # room for the legend above the markers
     ax.legend(fontsize=8, loc="upper right")
     return common.save_figure(fig, path, stamp)
@@ -222,13 +239,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window-seconds", type=float, default=6.0)
     p.add_argument("--num-batches", type=int, default=4)
     p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="measurements per model (alternating); the median is kept")
     p.add_argument("--quick", action="store_true", help="dnn + dcnv2, batch 512, small tables and arrays")
     p.add_argument("--out", default=os.path.join(common.DEFAULT_RESULTS_DIR, "roofline"))
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch_size, args.max_rows_per_table = ["dnn", "dcnv2"], 512, 1000
         args.square, args.bandwidth_mib, args.gemm_seconds = [256], 16, 0.05
-        args.windows, args.window_seconds, args.profile_steps = 2, 0.2, 1
+        args.windows, args.window_seconds, args.profile_steps, args.repeats = 2, 0.2, 1, 1
     return args
 
 
@@ -256,26 +274,29 @@ def _benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     stamp = common.make_stamp([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     threads = torch.get_num_threads()
     square = {n: gemm_gflops(n, n, n, 2 * args.gemm_seconds) for n in args.square}
-    peak = max(square.values())
     copy_gbs, triad_gbs = bandwidth_gbs(args.bandwidth_mib, 2 * args.gemm_seconds)
     print(f"{threads} threads; square GEMM GFLOP/s {square}; copy {copy_gbs:.1f} GB/s, triad {triad_gbs:.1f} GB/s",
           flush=True)
     ctx = init_distributed("cpu")
-    rows = []
+    runs: list[dict[str, Any]] = []
     try:
-        for name in args.models:
-            rows.append(measure_model(name, args, ctx, peak, copy_gbs))
+        for repeat in range(args.repeats):  # models alternate, so slow phases of a shared machine hit all of them
+            for name in args.models:
+                runs.append({**measure_model(name, args, ctx, copy_gbs), "repeat": repeat})
     finally:
         shutdown_distributed()
+    rows = [median_run([r for r in runs if r["model"] == name]) for name in args.models]
     machine = (f"{threads} torch threads; fp32 `torch.mm` square: " +
                ", ".join(f"{n}: {g:.1f} GFLOP/s" for n, g in square.items()) +
-               f" (peak used below: {peak:.1f}); bandwidth over {args.bandwidth_mib} MiB arrays: copy "
-               f"{copy_gbs:.1f} GB/s, triad {triad_gbs:.1f} GB/s")
+               f" (at the start; each model's row has the peak measured right before its step); bandwidth over "
+               f"{args.bandwidth_mib} MiB arrays: copy {copy_gbs:.1f} GB/s, triad {triad_gbs:.1f} GB/s")
     common.write_csv(os.path.join(args.out, "roofline.csv"), rows, COLUMNS, stamp)
     common.write_markdown(os.path.join(args.out, "roofline.md"), "Roofline: training step vs this machine's limits",
                           [("What this is", __doc__.split("\n\n")[1].replace("\n", " ")),
                            ("This machine", machine), ("Per model", common.markdown_table(rows, COLUMNS))], stamp)
-    plot(rows, {"square": peak}, os.path.join(args.out, "roofline.png"), stamp)
+    plot(rows, os.path.join(args.out, "roofline.png"), stamp)
+    common.write_csv(os.path.join(args.out, "roofline_runs.csv"), runs,
+                     [c for c in COLUMNS if c != "pct_of_square_peak_range"], stamp)
     print(f"wrote {args.out}/roofline.{{csv,md,png}}")
     return 0
 
