@@ -18,6 +18,7 @@ from dlf_torchrec import io
 from dlf_torchrec.sweep.space import SweepSpace, yaml_value
 
 RESULTS_CSV, RESULTS_MD, BEST_CONFIG, PARAMS_PLOT = "results.csv", "results.md", "best_config.yaml", "params.png"
+SEEDS_CSV = "seeds.csv"
 METRIC_COLUMNS = ("score", "auc", "logloss", "epochs", "wall_s")
 
 
@@ -71,18 +72,39 @@ def write_results(study: optuna.Study, space: SweepSpace, sweep_dir: str, monito
     write_table(rows, sweep_dir, "results", title)
 
 
+def best_seed_mean(study: optuna.Study, sweep_dir: str) -> tuple[optuna.trial.FrozenTrial, str] | None:
+    """The trial whose mean over every seed of ``seeds.csv`` is best, and the reason in words; None without a
+    seed phase that finished all seeds of some configuration."""
+    path = os.path.join(sweep_dir, SEEDS_CSV)
+    if not io.exists(path):
+        return None
+    rows = list(csv.DictReader(io.read_text(path).splitlines()))
+    full = [r for r in rows if r.get("score_mean") and len(set(r["seeds"].split("/"))) == 1]
+    if not full:
+        return None
+    best = max(full, key=lambda r: float(r["score_mean"]))
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == int(best["trial"]))
+    seeds = ", ".join(p.split(":")[0] for p in best["per_seed_score"].split())
+    return trial, (f"best mean valid monitor over seeds {seeds}: {float(best['score_mean']):.6g}; the top "
+                   f"{len(rows)} by single score re-run")
+
+
 def write_best_config(study: optuna.Study, space: SweepSpace, config: str, base_overrides: list[str],
-                      sweep_dir: str, best: optuna.trial.FrozenTrial | None = None, why: str = "") -> str | None:
-    """The best complete trial's whole config (base YAML + overrides + its values), ready to train; its
-    ``training.output_dir`` is ``<sweep_dir>/best``. None while no trial has completed. ``best`` picks another
-    trial than the one with the best single score (the seed phase picks the best mean), ``why`` says why."""
+                      sweep_dir: str) -> str | None:
+    """The best trial's whole config (base YAML + overrides + its values), ready to train; its
+    ``training.output_dir`` is ``<sweep_dir>/best``. Once the seed phase has run, the best is the configuration
+    with the best mean over the seeds (one run's best score is partly luck), before that the complete trial with
+    the best score. None while no trial has completed."""
     from dlf_torchrec.config import load_config
     from dlf_torchrec.sweep.space import overrides
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not complete:
         return None
-    if best is None:
+    picked = best_seed_mean(study, sweep_dir)
+    if picked is not None:
+        best, why = picked
+    else:
         best = max(complete, key=lambda t: t.value if t.value is not None else -math.inf)
         why = f"valid monitor {best.value:.6g}"
     values = space.config_values(best.params)

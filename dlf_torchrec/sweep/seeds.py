@@ -77,12 +77,13 @@ def run_seeds(setup: SweepSetup, study: optuna.Study, runner: Runner, seeds: lis
                     errors[job.run_dir] = error or state
                 log(f"[sweep] seed run {job.run_dir}: {state}{f' ({error})' if error else ''}")
     rows = []
-    means: dict[int, float] = {}
     for t in complete:
         values = setup.space.config_values(t.params)
         done = {seed: run_summary(runs[(t.number, seed)], setup.monitor) for seed in seeds
                 if launcher.finished_ok(runs[(t.number, seed)])}
-        row: dict[str, Any] = {"trial": t.number, "seeds": f"{len(done)}/{len(seeds)}"}
+        scores = [d["score"] for d in done.values() if isinstance(d.get("score"), float)]
+        row: dict[str, Any] = {"trial": t.number, "seeds": f"{len(done)}/{len(seeds)}",
+                               "score_mean": f"{statistics.fmean(scores):.6f}" if len(scores) == len(seeds) else ""}
         for key in ("score", "auc", "logloss"):
             row[key] = mean_std([d[key] for d in done.values() if isinstance(d.get(key), float)])
         row.update(values)
@@ -90,16 +91,8 @@ def run_seeds(setup: SweepSetup, study: optuna.Study, runner: Runner, seeds: lis
         row["errors"] = "; ".join(f"seed {s}: {errors[runs[(t.number, s)]]}" for s in seeds
                                   if runs[(t.number, s)] in errors)
         rows.append(row)
-        scores = [d["score"] for d in done.values() if isinstance(d.get("score"), float)]
-        if len(scores) == len(seeds):
-            means[t.number] = statistics.fmean(scores)
     write_table(rows, setup.sweep_dir, "seeds",
                 f"# Top {len(rows)} configurations over seeds {', '.join(map(str, seeds))}: valid mean ± std "
                 f"(sample std)")
-    if means:  # a single seed's best is partly luck: ship the config whose mean over every seed is best
-        number = max(means, key=lambda n: means[n])
-        write_best_config(study, setup.space, setup.config, setup.base_overrides, setup.sweep_dir,
-                          best=next(t for t in complete if t.number == number),
-                          why=f"best mean valid monitor over seeds {', '.join(map(str, seeds))}: "
-                              f"{means[number]:.6g}; top {len(complete)} by single score re-run")
+    write_best_config(study, setup.space, setup.config, setup.base_overrides, setup.sweep_dir)  # now the best mean
     return rows
