@@ -229,3 +229,18 @@ def test_shipped_tuned_frappe_config_is_the_committed_sweeps_best() -> None:
     assert len(seeds) == 3 and means[3] == max(means.values())
     trials = rows(sweep)
     assert len(trials) >= 16 and {r["status"] for r in trials} == {"complete", "pruned"}
+
+
+def test_hparams_session_is_replaced_not_duplicated(tmp_path: Path) -> None:
+    """A trial finished again after a driver died mid-finish keeps one HParams session, the last one."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dlf_torchrec.sweep.report import write_hparams
+
+    for status in ("fail", "complete"):
+        write_hparams(str(tmp_path), {"optimizer.sparse.lr": 0.001}, {"auc": 0.7, "score": 0.7}, status)
+    (session,) = [p for p in tmp_path.iterdir() if p.name.endswith(".hparams")]
+    acc = EventAccumulator(str(session))
+    acc.Reload()
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    assert b"complete" in acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]

@@ -185,6 +185,9 @@ def write_hparams(run_dir: str, values: dict[str, Any], metrics: dict[str, Any],
     scalars = {f"hparams/{k}": float(v) for k, v in metrics.items()
                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
     exp, ssi, sei = hparams(hp, scalars)
+    for name in io.listdir(run_dir):  # one session per trial: replace the one of an interrupted earlier finish
+        if name.startswith("events.out.tfevents.") and name.endswith(".hparams"):
+            io.remove(os.path.join(run_dir, name))
     with SummaryWriter(log_dir=run_dir, filename_suffix=".hparams") as writer:
         for summary in (exp, ssi, sei):
             writer.file_writer.add_summary(summary)

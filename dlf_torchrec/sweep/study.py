@@ -237,16 +237,21 @@ class SweepLoop:
                 trial.set_user_attr(key, summary[key])
         if act.pruned_at is not None:
             status, how = "pruned", f"pruned (best valid monitor {summary['score']:.4f})"
-            study.tell(trial, state=TrialState.PRUNED)
         elif state == "succeeded" and math.isfinite(summary["score"]):
             status, how = "complete", f"complete: valid monitor {summary['score']:.4f} after {summary['epochs']} epochs"
-            study.tell(trial, summary["score"])
         else:
             error = error or "no defined valid monitor in metrics.jsonl"
             status, how = "fail", f"failed: {error}"
             trial.set_user_attr("error", error)
-            study.tell(trial, state=TrialState.FAIL)
+        # The HParams session before the study hears of the end: a finished trial is never visited again, so a
+        # driver killed in between would leave it without one (a resumed, unfinished trial rewrites it instead).
         report.write_hparams(act.job.run_dir, act.values, summary, status)
+        if status == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+        elif status == "complete":
+            study.tell(trial, summary["score"])
+        else:
+            study.tell(trial, state=TrialState.FAIL)
         self.log(f"[sweep] trial {trial.number} {how}")
         self._finished(study)
 
