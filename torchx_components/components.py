@@ -48,15 +48,6 @@ def num_gpus(cpu: int, gpu: int, memMB: int, h: Optional[str]) -> int:
     return specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h).gpu
 
 
-def job_env(env: Optional[Dict[str, str]], gpus: int) -> Dict[str, str]:
-    """The user's ``env`` plus :data:`NCCL_ENV_DEFAULTS` for GPU jobs (user values take precedence)."""
-    merged = dict(env or {})
-    if gpus > 0:
-        for key, value in NCCL_ENV_DEFAULTS.items():
-            merged.setdefault(key, value)
-    return merged
-
-
 MULTI_NODE_ENV_DEFAULTS: Dict[str, str] = {
     # torchrun shares its rendezvous store with the workers across restarts and names each attempt by a per-agent
     # restart count, which the nodes disagree on after one node's worker died: the restarted workers then hang
@@ -66,12 +57,13 @@ MULTI_NODE_ENV_DEFAULTS: Dict[str, str] = {
 """Environment defaults set for multi-node jobs (``-j NxM`` with N > 1 or an elastic range); ``env`` wins."""
 
 
-def train_env(env: Optional[Dict[str, str]], gpus: int, j: str) -> Dict[str, str]:
-    """:func:`job_env` plus :data:`MULTI_NODE_ENV_DEFAULTS` when ``j`` asks for more than one node."""
-    merged = job_env(env, gpus)
-    if parse_nnodes(j)[1] > 1:
-        for key, value in MULTI_NODE_ENV_DEFAULTS.items():
-            merged.setdefault(key, value)
+def job_env(env: Optional[Dict[str, str]], gpus: int, max_nodes: int = 1) -> Dict[str, str]:
+    """The user's ``env`` plus :data:`NCCL_ENV_DEFAULTS` for GPU jobs and :data:`MULTI_NODE_ENV_DEFAULTS` for jobs
+    of more than one node (user values take precedence)."""
+    merged = dict(env or {})
+    defaults = {**(NCCL_ENV_DEFAULTS if gpus > 0 else {}), **(MULTI_NODE_ENV_DEFAULTS if max_nodes > 1 else {})}
+    for key, value in defaults.items():
+        merged.setdefault(key, value)
     return merged
 
 
@@ -143,7 +135,7 @@ def train(
         gpu=gpu,
         memMB=memMB,
         j=j,
-        env=train_env(env, num_gpus(cpu, gpu, memMB, h), j),
+        env=job_env(env, num_gpus(cpu, gpu, memMB, h), parse_nnodes(j)[1]),
         max_retries=max_retries,
         rdzv_port=rdzv_port,
         rdzv_backend=rdzv_backend,
