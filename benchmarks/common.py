@@ -31,6 +31,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 
 
+def quiet_torchrec() -> None:
+    """Silence the warnings and the planner's log lines that every sharded benchmark step would repeat (planner
+    advice, data_parallel "Sharding spec not found" on the root logger)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("torchrec", ""):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 # ----------------------------------------------------------------------------------------------------------- stamp
 def _git(*args: str) -> str:
     try:

@@ -31,9 +31,7 @@ def time_jobs(spec_path: str, out_path: str) -> int:
     from dlf_torchrec.distenv import rank_env
 
     os.environ.update(rank_env())  # a world of one of its own, even when started from a torchrun worker
-    import logging
     import resource
-    import warnings
 
     with open(spec_path) as f:
         spec = json.load(f)
@@ -50,9 +48,7 @@ def time_jobs(spec_path: str, out_path: str) -> int:
     from dlf_torchrec.parallel import init_distributed, shutdown_distributed
     from dlf_torchrec.training.stack import build_training_stack
 
-    warnings.filterwarnings("ignore")
-    for name in ("torchrec", ""):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    common.quiet_torchrec()
     batch_size = int(spec["batch_size"])
     windows, window_seconds = int(spec["windows"]), float(spec["window_seconds"])
     ctx = init_distributed("cpu")

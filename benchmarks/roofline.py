@@ -256,15 +256,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
-    import logging
-    import warnings
 
     from dlf_torchrec.distenv import rank_env
 
     os.environ.update(rank_env(0, 1))
-    warnings.filterwarnings("ignore")
-    for name in ("torchrec", ""):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    common.quiet_torchrec()
     import torch
 
     from dlf_torchrec.parallel import init_distributed, shutdown_distributed

@@ -144,12 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     from dlf_torchrec.distenv import rank_env
 
     os.environ.update(rank_env(0, 1))
-    import logging
-    import warnings
 
-    warnings.filterwarnings("ignore")
-    for name in ("torchrec", ""):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    common.quiet_torchrec()
     from dlf_torchrec.parallel import init_distributed, shutdown_distributed
 
     ctx = init_distributed("cpu")

@@ -166,8 +166,6 @@ def run_rank(rank: int, world_size: int, port: int, jobs: list[Job], settings: S
     from dlf_torchrec.distenv import rank_env
 
     os.environ.update(rank_env(rank, world_size, port))
-    import logging
-    import warnings
 
     from dlf_torchrec.training.allocator import configure_cpu_allocator
 
@@ -177,9 +175,7 @@ def run_rank(rank: int, world_size: int, port: int, jobs: list[Job], settings: S
 
     from dlf_torchrec.parallel import init_distributed, shutdown_distributed
 
-    warnings.filterwarnings("ignore")
-    for name in ("torchrec", ""):  # planner advice and data_parallel "Sharding spec not found" (root logger)
-        logging.getLogger(name).setLevel(logging.ERROR)
+    common.quiet_torchrec()
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     ctx = init_distributed("cpu")
