@@ -19,6 +19,7 @@ from test_reliability import ENV, _args, _events, _popen, _torchrun, _wait, _wor
 
 from dlf_torchrec.training import checkpoint as ckpt
 from dlf_torchrec.training.preemption import EXIT_PREEMPTED, StopRequest
+from torchx_components.components import MULTI_NODE_ENV_DEFAULTS  # what our multi-node jobs run with
 
 pytestmark = pytest.mark.slow
 EXTRA = ["training.checkpoint_every_steps=4", "model.dropout=0.1", "training.evaluate_test=false"]
@@ -80,7 +81,6 @@ def test_sigterm_to_torchrun_stops_every_rank_with_a_checkpoint(sigterm_referenc
     assert not (run / "results.json").exists()
 
 
-RESTARTABLE_RDZV_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def _two_agents(data_dir: str, run: Path, tmp_path: Path, max_restarts: int = 1) -> list[subprocess.Popen]:
@@ -91,7 +91,7 @@ def _two_agents(data_dir: str, run: Path, tmp_path: Path, max_restarts: int = 1)
                     "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=two_agents",
                     f"--max-restarts={max_restarts}", "--monitor-interval=0.5", "-m", "dlf_torchrec.train",
                     *_args(data_dir, run, *EXTRA)],
-                   tmp_path / f"node{node}.log", env={**ENV, **RESTARTABLE_RDZV_ENV}) for node in (0, 1)]
+                   tmp_path / f"node{node}.log", env={**ENV, **MULTI_NODE_ENV_DEFAULTS}) for node in (0, 1)]
 
 
 def test_sigterm_to_one_node_of_two_torchrun_agents_resumes_exactly(sigterm_reference: tuple[str, Path],
