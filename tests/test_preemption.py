@@ -146,6 +146,28 @@ def test_sigkilled_worker_of_one_node_of_two_torchrun_agents_resumes_exactly(sig
     assert _evals(run) == _evals(reference)
 
 
+def test_sigterm_to_the_process_group_of_a_single_process_run_exits_promptly(sigterm_reference: tuple[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """One process with a DataLoader worker (no torchrun); SIGTERM to its whole process group (as Slurm signals a
+    job step's processes) mid-epoch after the first evaluation. The trainer stops with a checkpoint and must then
+    exit 143 at once. Before the train loader was closed on the way out, its worker (SIGTERM blocked, so that it
+    serves the last step) outlived the loop, and the interpreter's exit joined it forever after printing "stopped by
+    SIGTERM" (seen only when the signal came after an evaluation; signalled in epoch 0 the run exited)."""
+    data_dir, _ = sigterm_reference
+    run, log = tmp_path / "run", tmp_path / "single.log"
+    proc = _popen([sys.executable, "-m", "dlf_torchrec.train", *_args(data_dir, run, *EXTRA)], log)
+    deadline = time.time() + 240
+    while not any(e["event"] == "checkpoint" and e["epoch"] == 1 for e in _events(run)):  # after an evaluation
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-4000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # the trainer and its DataLoader worker
+    signalled = time.time()
+    assert _wait(proc, 60, log) == EXIT_PREEMPTED, log.read_text()[-4000:]
+    assert time.time() - signalled < 30, f"exit took {time.time() - signalled:.0f} s:\n{log.read_text()[-3000:]}"
+    assert "stopped by SIGTERM after step" in log.read_text()
+    assert len([e for e in _events(run) if e["event"] == "preempted"]) == 1
+
+
 def test_stop_request_records_the_signal_and_restores_the_handler() -> None:
     """Single process: the handler only records SIGTERM (the process goes on); leaving restores the old handler."""
     before = signal.getsignal(signal.SIGTERM)

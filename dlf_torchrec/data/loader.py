@@ -23,7 +23,7 @@ builds batches w, w + W, ...; the DataLoader's round-robin then returns them in 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ class CTRDataLoader:
         dense, values, lengths, labels, weights = parts
         return Batch(dense_features=dense, sparse_features=make_kjt(self.spec, values, lengths, weights), labels=labels)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Generator[Batch, None, None]:
         if self.num_workers <= 0:
             source: object = self.dataset
         else:
@@ -141,8 +141,15 @@ class CTRDataLoader:
             # (which creates it at another point of the RNG stream) would diverge from an uninterrupted one.
             source = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                 generator=torch.Generator())
-        for parts in source:  # type: ignore[attr-defined]
-            yield self._to_batch(parts)
+        parts_iter = iter(source)  # type: ignore[call-overload]
+        try:
+            for parts in parts_iter:
+                yield self._to_batch(parts)
+        finally:
+            # Closed before the end (a stop after a checkpoint, an early stop): drop the DataLoader iterator now so
+            # that it shuts its workers down. Left to interpreter exit, the workers (SIGTERM blocked while a stop is
+            # handled: training.preemption) ignore multiprocessing's terminate() and the exit joins them forever.
+            del parts_iter
 
 
 def make_dataloader(data_dir: str, split: str, batch_size: int, rank: int = 0, world_size: int = 1, *,

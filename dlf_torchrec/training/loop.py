@@ -7,7 +7,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dlf_torchrec import io
 from dlf_torchrec.config import ConfigError, ExperimentConfig
-from dlf_torchrec.data.loader import make_dataloader
+from dlf_torchrec.data.loader import CTRDataLoader, make_dataloader
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training import checkpoint as ckpt
@@ -107,7 +107,7 @@ class Trainer:
         self.stop = StopRequest(ctx.device)  # SIGTERM (preemption): checkpoint after the current step, then stop
 
     # ------------------------------------------------------------------ data
-    def _loader(self, split: str, for_eval: bool, skip_batches: int = 0) -> Any:
+    def _loader(self, split: str, for_eval: bool, skip_batches: int = 0) -> CTRDataLoader:
         tr = self.cfg.training
         return make_dataloader(
             self.data_dir, split, self.batch_per_rank, self.ctx.rank, self.ctx.world_size,
@@ -191,9 +191,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _train_epoch(self) -> None:
-        tr, st = self.cfg.training, self.state
+        st = self.state
         loader = self._loader("train", for_eval=False, skip_batches=st.batch_in_epoch)
-        iterator: Iterator[Batch] = iter(loader)
+        iterator: Generator[Batch, None, None] = iter(loader)
+        try:
+            self._train_steps(loader, iterator)
+        finally:
+            iterator.close()  # ends its DataLoader workers now, also when the loop stops early or raises
+
+    def _train_steps(self, loader: CTRDataLoader, iterator: Iterator[Batch]) -> None:
+        tr, st = self.cfg.training, self.state
         total = st.batch_in_epoch + len(loader)
         bar = self._progress(range(len(loader)), f"epoch {st.epoch}", total=total, initial=st.batch_in_epoch)
         self.dmp.train()
