@@ -154,6 +154,41 @@ def children_peak_rss_mib() -> float:
     return maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
+# Runs argv[1:] and prints one JSON line: its exit code, stderr tail, the peak RSS of its process tree
+# (RUSAGE_CHILDREN: the largest single process) and the keys of the JSON line the command printed last.
+_MEASURED = """
+import json, subprocess, sys
+sys.path.insert(0, {bench!r})
+import common
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+out = {{"rc": proc.returncode, "stderr": proc.stderr[-3000:], "peak_rss_mib": common.children_peak_rss_mib()}}
+try:
+    out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+except (json.JSONDecodeError, IndexError):
+    pass
+print(json.dumps(out))
+"""
+
+
+def run_measured(argv: Sequence[str], timeout: float, required: str) -> dict[str, Any]:
+    """Run ``argv`` (a command whose last stdout line is a JSON object) in a fresh wrapper process; returns that
+    object plus ``peak_rss_mib`` (of the command's process tree) and ``status`` ("ok", or "error: ..." when it
+    failed, timed out or printed no ``required`` key)."""
+    import json
+
+    wrapper = [sys.executable, "-c", _MEASURED.format(bench=os.path.dirname(os.path.abspath(__file__))), *argv]
+    try:
+        proc = subprocess.run(wrapper, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"status": f"error: timeout after {timeout:.0f} s"}
+    except (json.JSONDecodeError, IndexError):
+        return {"status": f"error: wrapper failed: {proc.stderr[-300:]!r}"}
+    if res["rc"] != 0 or required not in res:
+        return {**res, "status": f"error: exit {res['rc']}: {res['stderr'][-600:]!r}"}
+    return {**res, "status": "ok"}
+
+
 # --------------------------------------------------------------------------------------------------------- writers
 def fmt(value: Any) -> str:
     """A table cell: floats to 4 significant digits (whole numbers from 1000 on), NaN empty."""
@@ -220,6 +255,17 @@ def write_table(out_dir: str, stem: str, title: str, doc: str | None, rows: Sequ
     write_csv(os.path.join(out_dir, f"{stem}.csv"), rows, columns, stamp)
     write_markdown(os.path.join(out_dir, f"{stem}.md"), title,
                    [("What this is", what), ("Results", markdown_table(rows, columns))], stamp)
+
+
+def write_report(out_dir: str, stem: str, title: str, doc: str, setup: str, rows: Sequence[dict[str, Any]],
+                 columns: Sequence[str], stamp: dict[str, str], script: str) -> None:
+    """``out_dir/stem.csv`` and ``out_dir/stem.md``: "What this is" (the second paragraph of ``doc``, a script's
+    docstring), "Setup", the table and the command line that made it (``script`` + this process's arguments)."""
+    write_csv(os.path.join(out_dir, f"{stem}.csv"), rows, columns, stamp)
+    write_markdown(os.path.join(out_dir, f"{stem}.md"), title,
+                   [("What this is", doc.split("\n\n")[1].replace("\n", " ")), ("Setup", setup),
+                    ("Results", markdown_table(rows, columns)),
+                    ("Command", f"```bash\npython {script} {shlex.join(sys.argv[1:])}\n```")], stamp)
 
 
 def new_figure(width: float = 10.0, height: float = 5.5, ncols: int = 1) -> tuple[Any, Any]:
