@@ -106,8 +106,6 @@ def write_batches(path: str, max_rows_per_table: int, batch: int, count: int, se
 
 def run_ours(model: str, data: str, windows: int, window_seconds: float) -> dict[str, Any]:
     """Our trainer's step on the cached batches; {"samples_per_s": [...], "square_peak_gflops", "mflop"}."""
-    import itertools
-
     from dlf_torchrec.distenv import rank_env
 
     os.environ.update(rank_env(0, 1))
@@ -117,14 +115,13 @@ def run_ours(model: str, data: str, windows: int, window_seconds: float) -> dict
     from batches import one_id_per_field
     from peers_worker import square_gemm_gflops
     from roofline import linear_shapes_and_flops
-    from timing import time_steps
+    from timing import trainer_step_rates
     from torchrec.datasets.utils import Batch
 
     from dlf_torchrec.config import build_config
     from dlf_torchrec.data.meta import CategoricalField, FeatureSpec
-    from dlf_torchrec.parallel import init_distributed, shutdown_distributed
     from dlf_torchrec.training.allocator import configure_cpu_allocator
-    from dlf_torchrec.training.stack import build_task, build_training_stack
+    from dlf_torchrec.training.stack import build_task
 
     configure_cpu_allocator("tuned")  # as the trainer does
     arrays = np.load(data)
@@ -138,24 +135,13 @@ def run_ours(model: str, data: str, windows: int, window_seconds: float) -> dict
         ids[k])), labels=torch.from_numpy(labels[k])) for k in range(ids.shape[0])]
     torch.manual_seed(2019)
     counted = batches[0]
-    model = build_task(cfg, spec).model.train()
-    parameters = sum(p.numel() for p in model.parameters())
-    _, mflop, _ = linear_shapes_and_flops(model, counted, batch)
-    del model
+    net = build_task(cfg, spec).model.train()
+    parameters = sum(p.numel() for p in net.parameters())
+    _, mflop, _ = linear_shapes_and_flops(net, counted, batch)
+    del net
     peak = square_gemm_gflops(2048, 0.5)
-    ctx = init_distributed("cpu")
-    try:
-        stack = build_training_stack(cfg, ctx, spec)
-        stack.dmp.train()
-        data_iter = itertools.cycle(batches)
-        try:
-            elapsed, steps = time_steps(lambda: stack.pipeline.progress(data_iter), 1, windows, window_seconds, 1)
-        finally:
-            stack.pipeline.detach()
-    finally:
-        shutdown_distributed()
-    return {"samples_per_s": [steps * batch / t for t in elapsed], "square_peak_gflops": peak, "mflop": mflop,
-            "parameters": parameters}
+    return {"samples_per_s": trainer_step_rates(cfg, spec, batches, windows, window_seconds),
+            "square_peak_gflops": peak, "mflop": mflop, "parameters": parameters}
 
 
 # ------------------------------------------------------------------------------------------------ driver

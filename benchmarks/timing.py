@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def time_steps(
@@ -42,3 +43,25 @@ def time_steps(
             dist.all_reduce(dt, op=dist.ReduceOp.MAX)
         elapsed.append(float(dt))
     return elapsed, steps
+
+
+def trainer_step_rates(cfg: Any, spec: Any, batches: list[Any], windows: int, window_seconds: float) -> list[float]:
+    """Samples/s per timed window of the trainer's step (``build_training_stack`` on one CPU rank of its own, the
+    pipeline's ``progress``) cycling over ``batches`` held in memory."""
+    import itertools
+
+    from dlf_torchrec.parallel import init_distributed, shutdown_distributed
+    from dlf_torchrec.training.stack import build_training_stack
+
+    ctx = init_distributed("cpu")
+    try:
+        stack = build_training_stack(cfg, ctx, spec)
+        stack.dmp.train()
+        data = itertools.cycle(batches)
+        try:
+            elapsed, steps = time_steps(lambda: stack.pipeline.progress(data), 1, windows, window_seconds, 1)
+        finally:
+            stack.pipeline.detach()
+    finally:
+        shutdown_distributed()
+    return [steps * cfg.training.batch_size / t for t in elapsed]
