@@ -1,4 +1,4 @@
-"""Training speed against the peers' own code: FuxiCTR and the DLF authors' code beside ours, same batches.
+"""Training speed against the peers' own code: FuxiCTR, the DLF and the TF4CTR authors' code, same batches.
 
 Issue #17 item 3. Each model is built with the same architecture and hyper-parameters on both sides (d 16, batch
 4096, no regularisers, Adam 1e-3 on the dense part, gradient norm clipped at 10) and trained on the same cached
@@ -8,19 +8,20 @@ own code:
 
 * **ours**: the trainer's step (``build_training_stack``: table-wise sharded fused tables with row-wise Adagrad,
   Adam on the over-arch, ``TrainPipelineSparseDist``), as ``benchmarks/roofline.py`` times it;
-* **peer**: ``model.train_step`` of FuxiCTR 2.3.10 with its ``model_zoo`` DNN / DCNv2 (``--fuxictr-src``), or of the
-  DLF authors' ``models.DLF`` (``--dlf-src``, their DLF_default): ``nn.Embedding`` tables trained by Adam with the
-  rest of the model (dense gradients of every table every step, FuxiCTR's design), in the reference virtualenv of
-  ``benchmarks/reference.py`` (created on first use; ``benchmarks/peers_worker.py`` runs there).
+* **peer**: ``model.train_step`` of FuxiCTR 2.3.10 with its ``model_zoo`` DNN / DCNv2 (``--fuxictr-src``), of the
+  DLF authors' ``models.DLF`` (``--dlf-src``, their DLF_default), or of the TF4CTR authors' ``TF4CTRv2`` (SER + WSF,
+  ``--tf4ctr-src``, on the FuxiCTR 2.0.1 copy their checkout ships): ``nn.Embedding`` tables trained by Adam with
+  the rest of the model (dense gradients of every table every step, FuxiCTR's design), in the reference virtualenv
+  of ``benchmarks/reference.py`` (created on first use; ``benchmarks/peers_worker.py`` runs there).
 
 Every measurement is a fresh process (``torch.get_num_threads()`` threads, the default) under a wrapper that reports
 its peak RSS; sides and models alternate within each repeat, and the median of ``--repeats`` is kept. Each process
 measures the square fp32 GEMM rate just before its step, so each side's achieved GFLOP/s (our FLOP count per
 sample, the same architecture on both sides, ``FlopCounterMode``: matmuls only) is given as a share of the peak
-measured next to it. The TF4CTR authors' code (salmon1802/TF4CTR) ships its own copy of an older FuxiCTR and is
-not run here.
+measured next to it.
 
-    python benchmarks/peers.py --fuxictr-src /path/to/FuxiCTR --dlf-src /path/to/DLF    # ~21 min on 2 cores
+    python benchmarks/peers.py --fuxictr-src /path/to/FuxiCTR --dlf-src /path/to/DLF --tf4ctr-src /path/to/TF4CTR
+    # ~27 min on 2 cores
     python benchmarks/peers.py ... --models dcnv2 --max-rows-per-table 40000 1000000 0  # ratio vs table size
 
 Outputs in ``--out`` (default ``benchmarks/results/peers``): ``peers.csv`` and ``peers.md`` (stamped; a row per
@@ -65,10 +66,17 @@ MODELS: dict[str, tuple[dict[str, Any], str, str, str, dict[str, Any]]] = {
               dict(model_structure="parallel", use_low_rank_mixture=False, low_rank=32, num_experts=4,
                    stacked_dnn_hidden_units=[400, 400, 400], parallel_dnn_hidden_units=[400, 400, 400],
                    dnn_activations="relu", num_cross_layers=3, net_dropout=0, batch_norm=True)),
+    "tf4ctr": ({"name": "tf4ctr", "ssem": "ser", "dfm": "wsf", "simple_hidden_units": [400, 400],
+                "complex_hidden_units": [400, 400, 400], "batch_norm": True, "dropout": 0.0, "loss": "twin_focus",
+                "alpha": 0.25, "c": 0.8, "gamma": 2.0},
+               "TF4CTRv2", "tf4ctr", "",
+               dict(SSM="SER", DFM="WSF", easy_hidden_units=[400, 400], hard_hidden_units=[400, 400, 400],
+                    hidden_activations="relu", net_dropout=0, batch_norm=True, alpha=0.25, c=0.8, gamma=2)),
     "dlf": ({"name": "dlf", "form": "authors", "num_layers": 3, "rank": 24, "num_tokens_high": 32,
              "num_tokens_low": 32, "num_tokens_implicit": 32, "block_hidden": 512, "dropout": 0.0},
             "DLF", "dlf", "", dict(reference.MODELS["dlf"]["params"])),
 }
+PEER_NAMES = {"fuxictr": "FuxiCTR {}", "dlf": "DLF authors' code", "tf4ctr": "TF4CTR authors' {}"}
 COLUMNS = ("model", "max_rows_per_table", "table_rows", "ours_samples_per_s", "peer", "peer_samples_per_s",
            "ours_over_peer", "ours_pct_of_peak", "peer_pct_of_peak", "mflop_per_sample", "ours_runs", "peer_runs",
            "ours_peak_rss_mib", "peer_peak_rss_mib", "ours_parameters", "peer_parameters", "status")
@@ -157,7 +165,7 @@ def peer_argv(py: str, model: str, data: str, a: argparse.Namespace) -> list[str
     return [py, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers_worker.py"), "--model", model,
             "--model-class", cls, "--source", source, "--zoo-dir", zoo,
             "--params", json.dumps({**PEER_COMMON, **params}), "--data", data,
-            "--fuxictr-src", a.fuxictr_src or "", "--dlf-src", a.dlf_src or "",
+            "--fuxictr-src", a.fuxictr_src or "", "--dlf-src", a.dlf_src or "", "--tf4ctr-src", a.tf4ctr_src or "",
             "--windows", str(a.windows), "--window-seconds", str(a.window_seconds)]
 
 
@@ -168,7 +176,7 @@ def ours_argv(model: str, data: str, a: argparse.Namespace) -> list[str]:
 
 def summarise(model: str, cap: int, table_rows: int, ours: list[dict], peer: list[dict]) -> dict[str, Any]:
     row: dict[str, Any] = {"model": model, "max_rows_per_table": cap or "none (full)", "table_rows": table_rows,
-                           "peer": "DLF authors' code" if MODELS[model][2] == "dlf" else f"FuxiCTR {MODELS[model][1]}"}
+                           "peer": PEER_NAMES[MODELS[model][2]].format(MODELS[model][1])}
     ok_o = [r for r in ours if r["status"] == "ok"]
     ok_p = [r for r in peer if r["status"] == "ok"]
     if not ok_o or not ok_p:
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--fuxictr-src", default=None, help="checkout of reczoo/FuxiCTR (its model_zoo)")
     ap.add_argument("--dlf-src", default=None, help="checkout of Keffee/DLF")
+    ap.add_argument("--tf4ctr-src", default=None, help="checkout of salmon1802/TF4CTR")
     ap.add_argument("--max-rows-per-table", nargs="+", type=int, default=[100_000, 1_000_000, 0],
                     help="caps on the Criteo tables (0 = the full 33.8M rows)")
     ap.add_argument("--batch-size", type=int, default=4096)
@@ -235,13 +244,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(a: argparse.Namespace) -> int:
     for model in a.models:
-        src = a.dlf_src if MODELS[model][2] == "dlf" else a.fuxictr_src
-        if not src:
-            raise ValueError(f"{model}: needs --{'dlf' if MODELS[model][2] == 'dlf' else 'fuxictr'}-src")
+        source = MODELS[model][2]
+        if not getattr(a, f"{source}_src"):
+            raise ValueError(f"{model}: needs --{source}-src")
     stamp = common.make_stamp()
     py = reference.ensure_venv(a.venv)
     stamp.update({f"venv_{k}": v for k, v in reference.venv_versions(py).items() if k in ("fuxictr", "torch")})
-    for flag, src in (("fuxictr_commit", a.fuxictr_src), ("dlf_commit", a.dlf_src)):
+    for flag, src in (("fuxictr_commit", a.fuxictr_src), ("dlf_commit", a.dlf_src), ("tf4ctr_commit", a.tf4ctr_src)):
         if src:
             stamp[flag] = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True,
                                          text=True).stdout.strip() or "unknown"

@@ -28,10 +28,10 @@ def test_batches_hold_one_valid_id_per_field_and_the_stated_table_rows(tmp_path)
     assert P.vocab_sizes(0)[1][13 + 2] == 10131227 + 2  # 0 = the full Criteo table
 
 
-@pytest.mark.parametrize("model", ["dnn", "dcnv2", "dlf"])
+@pytest.mark.parametrize("model", ["dnn", "dcnv2", "tf4ctr", "dlf"])
 def test_our_side_builds_the_peer_architecture(model: str) -> None:
     """Our config section and the peer's hyper-parameters describe the same network (the benchmark also records
-    both sides' parameter counts: equal for DNN and DCNv2, +32 for the DLF authors' unused label table)."""
+    both sides' parameter counts: equal for DNN, DCNv2 and TF4CTR, +32 for the DLF authors' unused label table)."""
     from dlf_torchrec.config import build_config
 
     ours, _, _, _, peer = P.MODELS[model]
@@ -42,6 +42,11 @@ def test_our_side_builds_the_peer_architecture(model: str) -> None:
         assert m.structure == peer["model_structure"] and m.num_cross_layers == peer["num_cross_layers"]
         assert m.hidden_units == peer["parallel_dnn_hidden_units"] and m.low_rank is None
         assert not peer["use_low_rank_mixture"]
+    elif model == "tf4ctr":
+        assert (m.ssem, m.dfm) == (peer["SSM"].lower(), peer["DFM"].lower()) and m.loss == "twin_focus"
+        assert m.simple_hidden_units == peer["easy_hidden_units"]
+        assert m.complex_hidden_units == peer["hard_hidden_units"]
+        assert (m.alpha, m.c, m.gamma) == (peer["alpha"], peer["c"], peer["gamma"]) and m.dropout == peer["net_dropout"]
     else:
         assert m.form == "authors" and m.num_layers == peer["attention_layers"] and m.rank == peer["rank_fmb"]
         assert m.num_tokens_high == m.num_tokens_low == peer["num_emb_fmb"]
