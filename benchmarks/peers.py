@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -203,7 +204,8 @@ def plot(rows: list[dict[str, Any]], path: str, stamp: dict[str, str]) -> None:
     ok = [r for r in rows if r.get("status") == "ok"]
     smallest = min((r["table_rows"] for r in ok), default=0)
     first = [r for r in ok if r["table_rows"] == smallest]
-    ax1.bar([f"{r['model']}\nvs {r['peer']}" for r in first], [r["ours_over_peer"] for r in first])
+    ax1.bar([f"{r['model']}\nvs " + "\n".join(textwrap.wrap(r["peer"], 16)) for r in first],
+            [r["ours_over_peer"] for r in first])
     ax1.axhline(1.0, color="grey", linestyle="--")
     ax1.set_ylabel(f"ours / peer samples/s ({smallest:,} table rows)")
     ax1.tick_params(axis="x", labelsize=7)
