@@ -151,7 +151,9 @@ class TrainingConfig:
     lr_decay_factor: float = 0.1
     min_lr: float = 1e-6
     seed: int = 2019
-    num_workers: int = 1
+    # DataLoader worker processes per rank; "auto" = 1 when the rank has more than 2 CPU cores, else 0 (batches built
+    # in the training process): on 2 cores a worker takes CPU from the step (data/loader.py: resolve_num_workers).
+    num_workers: int | Literal["auto"] = "auto"
     # Everything a run writes (checkpoints, metrics.jsonl, predictions) goes under output_dir.
     output_dir: str = "runs/default"
     # Periodic checkpoints every N steps (0 = only at epoch ends); the newest `keep_checkpoints` are kept.
@@ -327,8 +329,8 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"dataset.max_bad_fraction: must be in [0, 1], got {ds.max_bad_fraction}")
     if tr.checkpoint_every_steps < 0 or tr.keep_checkpoints < 1:
         raise ConfigError("training.checkpoint_every_steps must be >= 0 and training.keep_checkpoints >= 1")
-    if tr.num_workers < 0:
-        raise ConfigError(f"training.num_workers: must be >= 0, got {tr.num_workers}")
+    if tr.num_workers != "auto" and tr.num_workers < 0:
+        raise ConfigError(f"training.num_workers: must be >= 0 or auto, got {tr.num_workers}")
     unknown = set(tr.monitor) - {"auc", "logloss"}
     if unknown or not tr.monitor:
         raise ConfigError(f"training.monitor: keys must be among auc, logloss; got {sorted(tr.monitor)}")

@@ -121,3 +121,21 @@ def test_bad_arguments(data_dirs: dict[str, str], tmp_path: Path) -> None:
         make_dataloader(str(tmp_path), "train", 8, shuffle=False)
     with pytest.raises(ValueError):
         make_dataloader(data_dirs["bucket"], "train", 8, rank=2, world_size=2, shuffle=False)
+
+
+def test_num_workers_auto_builds_batches_in_process_on_small_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``training.num_workers: auto``: one worker per rank with 3+ CPU cores, in-process below (on 2 cores a worker
+    process slowed the trainer, benchmarks/results/trainer_overhead/); an int is taken as given; bad values fail."""
+    from dlf_torchrec.config import ConfigError, build_config
+    from dlf_torchrec.data import loader
+
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda _: set(range(8)), raising=False)
+    assert loader.resolve_num_workers("auto", 1) == 1 and loader.resolve_num_workers("auto", 2) == 1
+    assert loader.resolve_num_workers("auto", 4) == 0 and loader.resolve_num_workers("auto", 8) == 0
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert loader.resolve_num_workers("auto", 1) == 0 and loader.resolve_num_workers(2, 1) == 2
+    assert build_config({}).training.num_workers == "auto"
+    assert build_config({"training": {"num_workers": 0}}).training.num_workers == 0
+    for bad in (-1, "two"):
+        with pytest.raises(ConfigError, match="training.num_workers"):
+            build_config({"training": {"num_workers": bad}})

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dlf_torchrec import io
 from dlf_torchrec.config import ConfigError, ExperimentConfig
-from dlf_torchrec.data.loader import CTRDataLoader, make_dataloader
+from dlf_torchrec.data.loader import CTRDataLoader, make_dataloader, resolve_num_workers
 from dlf_torchrec.data.meta import DatasetMeta
 from dlf_torchrec.parallel import DistContext
 from dlf_torchrec.training import checkpoint as ckpt
@@ -111,7 +111,8 @@ class Trainer:
         tr = self.cfg.training
         return make_dataloader(
             self.data_dir, split, self.batch_per_rank, self.ctx.rank, self.ctx.world_size,
-            shuffle=not for_eval, seed=tr.seed, epoch=self.state.epoch, num_workers=tr.num_workers,
+            shuffle=not for_eval, seed=tr.seed, epoch=self.state.epoch,
+            num_workers=resolve_num_workers(tr.num_workers, self.ctx.local_world_size),
             for_eval=for_eval, skip_batches=skip_batches,
         )
 
