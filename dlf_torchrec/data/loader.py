@@ -142,15 +142,8 @@ class CTRDataLoader:
             # (which creates it at another point of the RNG stream) would diverge from an uninterrupted one.
             source = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                 generator=torch.Generator())
-        parts_iter = iter(source)  # type: ignore[call-overload]
-        try:
-            for parts in parts_iter:
-                yield self._to_batch(parts)
-        finally:
-            # Closed before the end (a stop after a checkpoint, an early stop): drop the DataLoader iterator now so
-            # that it shuts its workers down. Left to interpreter exit, the workers (SIGTERM blocked while a stop is
-            # handled: training.preemption) ignore multiprocessing's terminate() and the exit joins them forever.
-            del parts_iter
+        for parts in source:  # type: ignore[attr-defined]
+            yield self._to_batch(parts)
 
 
 # A rank with at most this many CPU cores builds its batches in-process under ``num_workers: auto``.

@@ -198,7 +198,10 @@ class Trainer:
         try:
             self._train_steps(loader, iterator)
         finally:
-            iterator.close()  # ends its DataLoader workers now, also when the loop stops early or raises
+            # Closing the generator drops its DataLoader iterator, which shuts the workers down now, also when the
+            # loop stops early or raises. Left to interpreter exit, the workers (SIGTERM blocked while a stop is
+            # handled: training.preemption) ignore multiprocessing's terminate() and the exit joins them forever.
+            iterator.close()
 
     def _train_steps(self, loader: CTRDataLoader, iterator: Iterator[Batch]) -> None:
         tr, st = self.cfg.training, self.state
