@@ -122,9 +122,8 @@ def run_ours(model: str, data: str, windows: int, window_seconds: float) -> dict
     import numpy as np
     import torch
     from batches import one_id_per_field
-    from peers_worker import square_gemm_gflops
     from roofline import linear_shapes_and_flops
-    from timing import trainer_step_rates
+    from timing import gemm_gflops, trainer_step_rates
     from torchrec.datasets.utils import Batch
 
     from dlf_torchrec.config import build_config
@@ -148,7 +147,7 @@ def run_ours(model: str, data: str, windows: int, window_seconds: float) -> dict
     parameters = sum(p.numel() for p in net.parameters())
     _, mflop, _ = linear_shapes_and_flops(net, counted, batch)
     del net
-    peak = square_gemm_gflops(2048, 0.5)
+    peak = gemm_gflops(2048, 2048, 2048, 0.5)
     return {"samples_per_s": trainer_step_rates(cfg, spec, batches, windows, window_seconds),
             "square_peak_gflops": peak, "mflop": mflop, "parameters": parameters}
 

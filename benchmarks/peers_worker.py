@@ -20,25 +20,8 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-
-def square_gemm_gflops(n: int, seconds: float) -> float:
-    """fp32 ``torch.mm`` GFLOP/s at n x n x n: best of 3 runs of about ``seconds`` each."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(3):
-        k, t0 = 0, time.perf_counter()
-        while k == 0 or time.perf_counter() - t0 < seconds:
-            torch.mm(a, b)
-            k += 1
-        best = max(best, 2 * n**3 * k / (time.perf_counter() - t0) / 1e9)
-    return best
 
 
 def build_model(a: argparse.Namespace, names: list[str], vocab: list[int], work: str) -> tuple[object, object]:
@@ -115,13 +98,13 @@ def main() -> None:
 
     import numpy as np
     import torch
-    from timing import time_steps
+    from timing import gemm_gflops, time_steps
 
     logging.basicConfig(level=logging.WARNING)
     data = np.load(a.data)
     ids, labels, names = data["ids"], data["labels"], [str(n) for n in data["names"]]  # ids [K, F, B]
     vocab = [int(v) for v in data["vocab"]]
-    peak = square_gemm_gflops(a.gemm_n, 0.5)
+    peak = gemm_gflops(a.gemm_n, a.gemm_n, a.gemm_n, 0.5)
     torch.manual_seed(2019)
     with tempfile.TemporaryDirectory() as work:
         model, feature_map = build_model(a, names, vocab, work)

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 from batches import feature_spec, make_batches, random_batch  # noqa: E402
-from timing import time_steps  # noqa: E402
+from timing import best_rate, gemm_gflops, time_steps  # noqa: E402
 
 from dlf_torchrec import cli  # noqa: E402
 
@@ -49,28 +49,6 @@ COLUMNS = ("model", "batch_size", "repeat", "mflop_per_sample", "linear_share", 
            "pct_of_shape_peak", "gemm_pct", "embedding_pct", "dense_optimizer_pct", "other_ops_pct", "untracked_pct",
            "embedding_gb_per_s", "pct_of_copy_bandwidth")
 EMBEDDING_TRANSFERS = 5  # row-sized fp32 transfers per field and sample, see the module docstring
-
-
-def best_rate(fn: Callable[[], object], seconds: float, repeats: int = 3) -> float:
-    """Calls per second of ``fn``: the best of ``repeats`` runs of about ``seconds`` each, after a warm-up call."""
-    fn()
-    rates = []
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while n == 0 or time.perf_counter() - t0 < seconds:
-            fn()
-            n += 1
-        rates.append(n / (time.perf_counter() - t0))
-    return max(rates)
-
-
-def gemm_gflops(m: int, k: int, n: int, seconds: float) -> float:
-    """fp32 ``torch.mm`` of an [m, k] by a [k, n] matrix, GFLOP/s (2mkn FLOPs per product)."""
-    import torch
-
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    out = torch.empty(m, n)
-    return 2 * m * k * n * best_rate(lambda: torch.mm(a, b, out=out), seconds) / 1e9
 
 
 def bandwidth_gbs(mib: int, seconds: float) -> tuple[float, float]:

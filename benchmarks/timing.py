@@ -1,4 +1,6 @@
-"""The benchmarks' timing loop: warm-up, then timed windows of a step function, agreed across ranks."""
+"""The benchmarks' timing loop (warm-up, then timed windows of a step function, agreed across ranks) and the fp32
+GEMM rate that speeds are compared with. Imports only the standard library and torch, so that the peers' venv
+(``benchmarks/peers_worker.py``) measures with the same code."""
 
 from __future__ import annotations
 
@@ -6,6 +8,28 @@ import math
 import time
 from collections.abc import Callable
 from typing import Any
+
+
+def best_rate(fn: Callable[[], object], seconds: float, repeats: int = 3) -> float:
+    """Calls per second of ``fn``: the best of ``repeats`` runs of about ``seconds`` each, after a warm-up call."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while n == 0 or time.perf_counter() - t0 < seconds:
+            fn()
+            n += 1
+        rates.append(n / (time.perf_counter() - t0))
+    return max(rates)
+
+
+def gemm_gflops(m: int, k: int, n: int, seconds: float) -> float:
+    """fp32 ``torch.mm`` of an [m, k] by a [k, n] matrix, GFLOP/s (2mkn FLOPs per product)."""
+    import torch
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    out = torch.empty(m, n)
+    return 2 * m * k * n * best_rate(lambda: torch.mm(a, b, out=out), seconds) / 1e9
 
 
 def time_steps(
