@@ -144,10 +144,6 @@ def venv_versions(py: str) -> dict[str, str]:
     return dict(zip(("pyarrow", "polars", "numpy"), out, strict=True))
 
 
-def measure(argv: list[str], timeout: float) -> dict[str, Any]:
-    return common.run_measured(argv, timeout, "seconds")
-
-
 def reader_argv(reader: str, task: str, path: str, peer_py: str, workers: int, chunk_rows: int) -> list[str]:
     if reader == "ours":
         return [sys.executable, os.path.abspath(__file__), "--ours-worker", task, "--input", path,
@@ -239,12 +235,12 @@ def _bench(args: argparse.Namespace) -> int:
         for rep in range(args.repeats):
             for task in TASKS:
                 for reader in READERS:
-                    res = measure(reader_argv(reader, task, path, peer_py, args.workers, args.chunk_rows),
-                                  args.timeout)
+                    res = common.run_measured(reader_argv(reader, task, path, peer_py, args.workers,
+                                                          args.chunk_rows), args.timeout, "seconds")
                     results.setdefault((reader, task), []).append(res)
                     rate = f"{res['rows'] / res['seconds']:,.0f} rows/s" if res["status"] == "ok" else res["status"]
                     print(f"  repeat {rep} {reader:8s} {task:13s} {rate}", flush=True)
-            res = measure(preprocess_argv(path, os.path.join(work, "out")), args.timeout)
+            res = common.run_measured(preprocess_argv(path, os.path.join(work, "out")), args.timeout, "seconds")
             results.setdefault(("ours", "preprocess"), []).append(res)
             rate = f"{res['rows'] / res['seconds']:,.0f} rows/s" if res["status"] == "ok" else res["status"]
             print(f"  repeat {rep} ours     preprocess    {rate}", flush=True)

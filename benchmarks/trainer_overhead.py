@@ -80,8 +80,7 @@ def run_trainer(model: str, extra: list[str], run_dir: str, timeout: float) -> d
     """One epoch of the real trainer; {"samples_per_s": [the train_epoch event's rate]} or a status."""
     argv = [sys.executable, "-m", "dlf_torchrec.train", "--config", config_path(model), *extra,
             f"training.output_dir={run_dir}"]
-    res = common.run_measured([sys.executable, "-c", _PRINT_EPOCH_RATE, run_dir, *argv], timeout, "samples_per_s")
-    return res
+    return common.run_measured([sys.executable, "-c", _PRINT_EPOCH_RATE, run_dir, *argv], timeout, "samples_per_s")
 
 
 # Runs the trainer (argv[2:]) and prints the train_epoch rate of its metrics.jsonl (argv[1] = its run dir).
