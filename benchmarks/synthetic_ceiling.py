@@ -33,12 +33,21 @@ import common  # noqa: E402
 
 from dlf_torchrec import cli  # noqa: E402
 
-COLUMNS = ("rows", "train_rows", "C", "well_specified_auc", "oracle_auc", "ratio")
+COLUMNS = ("rows", "design", "train_rows", "C", "well_specified_auc", "oracle_auc", "ratio")
+MIN_COUNT = 10  # the synthetic configs' dataset.min_count
 BUDGET_COLUMNS = ("error", "term_std", "auc", "oracle_auc", "ratio")
 
 
-def teacher_design(rows: int, seed: int) -> tuple[object, object, object]:
-    """(sparse design matrix [rows, p], labels int [rows], true probabilities [rows]) of the generator's rows."""
+DESIGNS = ("teacher", "all_tokens")
+
+
+def teacher_design(rows: int, seed: int, design: str = "teacher") -> tuple[object, object, object]:
+    """(sparse design matrix [rows, p], labels int [rows], true probabilities [rows]) of the generator's rows.
+
+    ``teacher``: each field's ``SIGNAL_RANKS`` head tokens one-hot (tail and missing lumped), the head x head cells of
+    the interacting pairs. ``all_tokens``: the same pairs, but every token seen ``MIN_COUNT`` times one-hot (the rest
+    and missing lumped, as the product's ``dataset.min_count`` does) and the cells over those tokens, i.e. a model
+    told which pairs interact but not that the tail carries nothing."""
     import numpy as np
     from scipy import sparse
 
@@ -46,25 +55,34 @@ def teacher_design(rows: int, seed: int) -> tuple[object, object, object]:
 
     blocks = list(syn.draw_rows(rows, seed))  # the generated file's rows
     labels, prob, ints, idx, missing = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
-    k = syn.SIGNAL_RANKS
-    tok = np.where(missing, k, np.minimum(idx, k))  # 0..k-1 head tokens, k = tail or missing
+    if design == "teacher":
+        tok = np.where(missing, syn.SIGNAL_RANKS, np.minimum(idx, syn.SIGNAL_RANKS))  # head 0..k-1, k = the rest
+        vocab = np.full(26, syn.SIGNAL_RANKS + 1)
+    else:
+        tok = np.empty_like(idx)
+        for j in range(26):  # kept tokens renumbered 0..v-1 by frequency, v = the rest
+            counts = np.bincount(idx[~missing[:, j], j], minlength=syn.CARDINALITIES[j])
+            rank = np.full(len(counts), -1)
+            kept = np.flatnonzero(counts >= MIN_COUNT)
+            rank[kept] = np.arange(len(kept))
+            tok[:, j] = np.where(missing[:, j] | (rank[idx[:, j]] < 0), len(kept), rank[idx[:, j]])
+        vocab = tok.max(0) + 1
     row = np.arange(rows)
-    columns = [sparse.csr_matrix((np.ones(rows), (row, tok[:, j])), shape=(rows, k + 1)) for j in range(26)]
-    cells = (k + 1) ** 2
-    columns += [sparse.csr_matrix((np.ones(rows), (row, tok[:, a] * (k + 1) + tok[:, b])), shape=(rows, cells))
-                for a, b, _ in syn.PAIRS]
+    columns = [sparse.csr_matrix((np.ones(rows), (row, tok[:, j])), shape=(rows, vocab[j])) for j in range(26)]
+    columns += [sparse.csr_matrix((np.ones(rows), (row, tok[:, a] * vocab[b] + tok[:, b])),
+                                  shape=(rows, vocab[a] * vocab[b])) for a, b, _ in syn.PAIRS]
     nan = np.iinfo(np.int64).min
     numeric = [np.where(ints[:, c] == nan, 0.0, np.log1p(np.maximum(ints[:, c], 0))) for c in (0, 2)]
     columns.append(sparse.csr_matrix(np.stack(numeric, 1)))
     return sparse.hstack(columns).tocsr(), labels, prob
 
 
-def ceiling(rows: int, seed: int, cs: list[float]) -> list[dict[str, object]]:
+def ceiling(rows: int, seed: int, cs: list[float], design: str = "teacher") -> list[dict[str, object]]:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    x, y, p = teacher_design(rows, seed)
+    x, y, p = teacher_design(rows, seed, design)
     perm = np.random.default_rng(0).permutation(rows)
     train, held = perm[:int(0.8 * rows)], perm[int(0.8 * rows):int(0.9 * rows)]
     oracle = roc_auc_score(y[held], p[held])
@@ -72,9 +90,10 @@ def ceiling(rows: int, seed: int, cs: list[float]) -> list[dict[str, object]]:
     for c in cs:
         model = LogisticRegression(C=c, max_iter=3000).fit(x[train], y[train])
         auc = roc_auc_score(y[held], model.predict_proba(x[held])[:, 1])
-        out.append({"rows": rows, "train_rows": len(train), "C": c, "well_specified_auc": round(auc, 5),
-                    "oracle_auc": round(oracle, 5), "ratio": round((auc - 0.5) / (oracle - 0.5), 4)})
-        print(f"rows {rows:,} C {c}: well-specified LR AUC {auc:.4f} | oracle {oracle:.4f} | "
+        out.append({"rows": rows, "design": design, "train_rows": len(train), "C": c,
+                    "well_specified_auc": round(auc, 5), "oracle_auc": round(oracle, 5),
+                    "ratio": round((auc - 0.5) / (oracle - 0.5), 4)})
+        print(f"rows {rows:,} {design} C {c}: well-specified LR AUC {auc:.4f} | oracle {oracle:.4f} | "
               f"ratio {out[-1]['ratio']:.3f}", file=sys.stderr, flush=True)
     return out
 
@@ -111,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[200_000], help="generated rows (default 200000)")
     parser.add_argument("--seed", type=int, default=7, help="dataset.synthetic_seed (default 7, the shipped one)")
     parser.add_argument("--C", type=float, nargs="+", default=[0.1, 0.3, 1.0], dest="cs", help="L2 strengths tried")
+    parser.add_argument("--design", nargs="+", choices=DESIGNS, default=["teacher"],
+                        help="teacher: told the pairs and the signal tokens; all_tokens: told the pairs only")
     parser.add_argument("--out", default=common.DEFAULT_RESULTS_DIR)
     parser.add_argument("--budget", action="store_true", help="the error budget table instead (400k rows)")
     args = parser.parse_args(argv)
@@ -123,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                                "Synthetic default: what an error in the model's logit costs", __doc__.split(
                                    "\n\n", 2)[2], results, BUDGET_COLUMNS, stamp)
             return 0
-        results = [r for rows in args.rows for r in ceiling(rows, args.seed, args.cs)]
+        results = [r for rows in args.rows for d in args.design for r in ceiling(rows, args.seed, args.cs, d)]
         common.write_table(args.out, "synthetic_ceiling",
                            "Synthetic default: a well-specified model's share of the oracle margin", __doc__, results,
                            COLUMNS, stamp)
