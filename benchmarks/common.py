@@ -157,13 +157,16 @@ def children_peak_rss_mib() -> float:
 # Runs argv[1:] and prints one JSON line: its exit code, stderr tail, the peak RSS of its process tree
 # (RUSAGE_CHILDREN: the largest single process) and the keys of the JSON line the command printed last.
 _MEASURED = """
-import json, subprocess, sys
+import json, subprocess, sys, time
 sys.path.insert(0, {bench!r})
 import common
+t0 = time.perf_counter()
 proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-out = {{"rc": proc.returncode, "stderr": proc.stderr[-3000:], "peak_rss_mib": common.children_peak_rss_mib()}}
+out = {{"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "stderr": proc.stderr[-4000:],
+        "peak_rss_mib": common.children_peak_rss_mib()}}
 try:
-    out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    out.update(last if isinstance(last, dict) else {{}})
 except (json.JSONDecodeError, IndexError):
     pass
 print(json.dumps(out))
@@ -171,9 +174,9 @@ print(json.dumps(out))
 
 
 def run_measured(argv: Sequence[str], timeout: float, required: str) -> dict[str, Any]:
-    """Run ``argv`` (a command whose last stdout line is a JSON object) in a fresh wrapper process; returns that
-    object plus ``peak_rss_mib`` (of the command's process tree) and ``status`` ("ok", or "error: ..." when it
-    failed, timed out or printed no ``required`` key)."""
+    """Run ``argv`` in a fresh wrapper process; returns the JSON object of the command's last stdout line (if it
+    prints one) plus ``rc``, ``wall_s``, the tail of its ``stderr``, ``peak_rss_mib`` (of the command's process tree)
+    and ``status`` ("ok", or "error: ..." when it failed, timed out or its result has no ``required`` key)."""
     import json
 
     wrapper = [sys.executable, "-c", _MEASURED.format(bench=os.path.dirname(os.path.abspath(__file__))), *argv]

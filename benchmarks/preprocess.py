@@ -29,11 +29,9 @@ from 1M to 5M rows.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,17 +51,6 @@ COLUMNS = ("rows", "input_mib", "workers", "wall_s", "rows_per_s", "lib_elapsed_
            "peak_rss_mib", "output_mib", "status")
 TARGET_ROWS_PER_S = 250_000
 TARGET_RSS_GROWTH = 0.25
-# Runs the CLI (argv[1:]) and reports its wall time and the peak RSS of its process tree (workers included).
-_WRAPPER = """
-import json, subprocess, sys, time
-sys.path.insert(0, {bench!r})
-import common
-t0 = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-wall = time.perf_counter() - t0
-print(json.dumps({{"rc": proc.returncode, "wall_s": wall, "peak_rss_mib": common.children_peak_rss_mib(),
-                  "stderr": proc.stderr[-4000:], "stdout": proc.stdout[-2000:]}}))
-"""
 _LIB_RATE = re.compile(r"read ([\d,]+) rows in ([\d.]+)s")
 
 
@@ -95,25 +82,18 @@ def measure(rows: int, path: str, workers: int | None, work_dir: str, timeout: f
            f"dataset.train={path}", f"dataset.output_dir={out_dir}", "dataset.progress=true"]
     if workers is not None:
         cli[4:4] = ["--workers", str(workers)]
-    wrapper = [sys.executable, "-c", _WRAPPER.format(bench=os.path.dirname(os.path.abspath(__file__))), *cli]
     row: dict[str, Any] = {"rows": rows, "input_mib": os.path.getsize(path) / 2**20,
                            "workers": "auto" if workers is None else workers}
-    try:
-        proc = subprocess.run(wrapper, cwd=common.REPO_ROOT, capture_output=True, text=True, timeout=timeout)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-    except subprocess.TimeoutExpired:
-        row["status"] = f"error: timeout after {timeout:.0f} s"
-        return row
-    except (json.JSONDecodeError, IndexError):
-        row["status"] = f"error: wrapper failed: {proc.stderr[-300:]!r}"
-        return row
+    res = common.run_measured(cli, timeout, "wall_s")
+    if "wall_s" not in res:  # timed out, or the wrapper itself failed
+        return {**row, "status": res["status"]}
     row.update(wall_s=res["wall_s"], rows_per_s=rows / res["wall_s"], peak_rss_mib=res["peak_rss_mib"])
     match = _LIB_RATE.search(res["stderr"])
     if match:
         lib_rows, lib_s = int(match.group(1).replace(",", "")), float(match.group(2))
         row.update(lib_elapsed_s=lib_s, rows_per_s_lib=lib_rows / max(lib_s, 1e-9))
     row["output_mib"] = _dir_mib(out_dir) if os.path.isdir(out_dir) else None
-    row["status"] = "ok" if res["rc"] == 0 else f"error: exit {res['rc']}: {res['stderr'][-300:]!r}"
+    row["status"] = res["status"]
     shutil.rmtree(out_dir, ignore_errors=True)
     return row
 
