@@ -6,8 +6,11 @@ logistic regression on exactly the teacher's features (one-hot of each field's `
 the tail and missing values lumped, one-hot of the head x head cells of each interacting pair, the two numeric
 effects). Its ratio (AUC - 0.5) / (oracle AUC - 0.5) on a held-out 10% is what estimation noise alone leaves of
 the oracle's margin at that training size; a generic model (DCNv2 over all tokens) cannot be expected to beat it.
+``--design all_tokens`` fits a second regression that is told the interacting pairs but not which tokens carry
+signal (every token seen ``MIN_COUNT`` times, and the pairs' cells over those tokens): what fitting the tail's noise
+costs even when the structure of the interactions is given.
 
-    python benchmarks/synthetic_ceiling.py --rows 200000 1000000
+    python benchmarks/synthetic_ceiling.py --rows 200000 1000000 --design teacher all_tokens
     python benchmarks/synthetic_ceiling.py --budget    # what a given error in the model's logit costs
 
 ``--budget`` instead scores the true logit with one kind of error at a time on 400k teacher rows: a teacher term
