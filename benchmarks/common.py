@@ -154,8 +154,8 @@ def children_peak_rss_mib() -> float:
     return maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
-# Runs argv[1:] and prints one JSON line: its exit code, stderr tail, the peak RSS of its process tree
-# (RUSAGE_CHILDREN: the largest single process) and the keys of the JSON line the command printed last.
+# Runs argv[1:] and prints one JSON line: its exit code, wall time, stderr tail, the peak RSS of its process tree
+# (RUSAGE_CHILDREN: the largest single process) and the keys of the JSON object the command printed last.
 _MEASURED = """
 import json, subprocess, sys, time
 sys.path.insert(0, {bench!r})

@@ -37,11 +37,9 @@ import common  # noqa: E402
 from dlf_torchrec import cli  # noqa: E402
 
 COLUMNS = ("rows", "design", "train_rows", "C", "well_specified_auc", "oracle_auc", "ratio")
-MIN_COUNT = 10  # the synthetic configs' dataset.min_count
 BUDGET_COLUMNS = ("error", "term_std", "auc", "oracle_auc", "ratio")
-
-
 DESIGNS = ("teacher", "all_tokens")
+MIN_COUNT = 10  # the synthetic configs' dataset.min_count
 
 
 def teacher_design(rows: int, seed: int, design: str = "teacher") -> tuple[object, object, object]:
@@ -49,8 +47,9 @@ def teacher_design(rows: int, seed: int, design: str = "teacher") -> tuple[objec
 
     ``teacher``: each field's ``SIGNAL_RANKS`` head tokens one-hot (tail and missing lumped), the head x head cells of
     the interacting pairs. ``all_tokens``: the same pairs, but every token seen ``MIN_COUNT`` times one-hot (the rest
-    and missing lumped, as the product's ``dataset.min_count`` does) and the cells over those tokens, i.e. a model
-    told which pairs interact but not that the tail carries nothing."""
+    and missing lumped, like the product's ``dataset.min_count``, which counts the train split only: here all
+    generated rows) and the cells over those tokens, i.e. a model told which pairs interact but not that the tail
+    carries nothing."""
     import numpy as np
     from scipy import sparse
 
