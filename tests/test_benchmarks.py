@@ -103,6 +103,11 @@ def test_synthetic_ceiling_beats_first_order_and_stays_below_the_oracle(tmp_path
     # Told the pairs but not which tokens carry signal, the same regression must fit the noise of the tail.
     untold = synthetic_ceiling.ceiling(40_000, 7, [0.1], design="all_tokens")
     assert untold[0]["ratio"] < rows[0]["ratio"] - 0.01, (rows, untold)
-    assert synthetic_ceiling.main(["--rows", "3000", "--C", "1.0", "--design", "teacher", "all_tokens",
+    # Factorized: told the pairs' form it must beat the generic FwFM, which must find the pairs among 325.
+    told = synthetic_ceiling.ceiling(40_000, 7, [0.05], design="pairs_factorized")
+    generic = synthetic_ceiling.ceiling(40_000, 7, [0.005], design="fwfm")
+    assert generic[0]["ratio"] + 0.02 < told[0]["ratio"] < 1.0, (told, generic)
+    assert synthetic_ceiling.main(["--rows", "3000", "--C", "1.0", "--design", "teacher", "all_tokens", "fwfm",
                                    "--out", str(tmp_path)]) == 0
-    assert "all_tokens" in (tmp_path / "synthetic_ceiling.csv").read_text()
+    table = (tmp_path / "synthetic_ceiling.csv").read_text()
+    assert "all_tokens" in table and "fwfm" in table
