@@ -2,8 +2,8 @@
 
 Each row: ``label \\t I1..I13 \\t C1..C26`` like Kaggle Criteo. Categorical field j draws the rank of its token from
 a Zipf law ``P(r) ∝ (r + 1)^-ZIPF`` over ``CARDINALITIES[j]`` values (Criteo's cardinalities scaled down to at
-most 50k so that 200k rows train in minutes on 2 cores) and writes it as 8 hex digits; a few percent of values
-are empty. The label is Bernoulli(p) with the teacher's click probability::
+most 50k so that the default's 1M rows train in minutes on 2 cores) and writes it as 8 hex digits; a few percent
+of values are empty. The label is Bernoulli(p) with the teacher's click probability::
 
     p = sigmoid(bias + sum_j w_j[t_j]                                  first order: per-token weights
                 + sum_{(a, b)} lambda_ab <u_a[t_a], u_b[t_b]> / sqrt(K)    a few strongly interacting field pairs
