@@ -34,8 +34,10 @@ held-out part, so the number is an optimistic ceiling. Writes ``--out``/syntheti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,6 +51,41 @@ BUDGET_COLUMNS = ("error", "term_std", "auc", "oracle_auc", "ratio")
 DESIGNS = ("teacher", "all_tokens", "pairs_factorized", "fwfm")
 FACTORIZED_DESIGNS = ("pairs_factorized", "fwfm")
 MIN_COUNT = 10  # the synthetic configs' dataset.min_count
+
+
+def kept_tokens(idx: object, missing: object, count_rows: object) -> tuple[object, object]:
+    """Each field's tokens seen ``MIN_COUNT`` times among ``count_rows`` renumbered 0..v-1 (in token order, which is
+    the generator's frequency order), v = the rarer ones and missing values: (ids int64 [rows, 26], v int [26])."""
+    import numpy as np
+
+    from dlf_torchrec.data import synthetic as syn
+
+    tok, kept_per_field = np.empty_like(idx), np.empty(26, dtype=np.int64)
+    for j in range(26):
+        counts = np.bincount(idx[count_rows][~missing[count_rows, j], j], minlength=syn.CARDINALITIES[j])
+        rank = np.full(len(counts), -1)
+        kept = np.flatnonzero(counts >= MIN_COUNT)
+        rank[kept] = np.arange(len(kept))
+        tok[:, j] = np.where(missing[:, j] | (rank[idx[:, j]] < 0), len(kept), rank[idx[:, j]])
+        kept_per_field[j] = len(kept)
+    return tok, kept_per_field
+
+
+def factorized_inputs(rows: int, seed: int, train: object) -> tuple[object, object, object, int, object]:
+    """The generator's ``rows`` as the factorized models see them: (labels [rows], true probabilities [rows], token
+    ids int64 [rows, 26] into one table (per field: the tokens seen ``MIN_COUNT`` times in ``train``, then one id for
+    the rest and missing), that table's size, the 13 numeric columns as log1p standardised on ``train`` [rows, 13])."""
+    import numpy as np
+
+    from dlf_torchrec.data import synthetic as syn
+
+    blocks = list(syn.draw_rows(rows, seed))
+    labels, prob, ints, idx, missing = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
+    tok, kept = kept_tokens(idx, missing, train)
+    ends = np.cumsum(kept + 1)
+    nan = np.iinfo(np.int64).min
+    num = np.log1p(np.where(ints == nan, 0, np.maximum(ints, 0)))
+    return labels, prob, tok + ends - (kept + 1), int(ends[-1]), (num - num[train].mean(0)) / num[train].std(0)
 
 
 def teacher_design(rows: int, seed: int, design: str = "teacher") -> tuple[object, object, object]:
@@ -70,13 +107,7 @@ def teacher_design(rows: int, seed: int, design: str = "teacher") -> tuple[objec
         tok = np.where(missing, syn.SIGNAL_RANKS, np.minimum(idx, syn.SIGNAL_RANKS))  # head 0..k-1, k = the rest
         vocab = np.full(26, syn.SIGNAL_RANKS + 1)
     else:
-        tok = np.empty_like(idx)
-        for j in range(26):  # kept tokens renumbered 0..v-1 by frequency, v = the rest
-            counts = np.bincount(idx[~missing[:, j], j], minlength=syn.CARDINALITIES[j])
-            rank = np.full(len(counts), -1)
-            kept = np.flatnonzero(counts >= MIN_COUNT)
-            rank[kept] = np.arange(len(kept))
-            tok[:, j] = np.where(missing[:, j] | (rank[idx[:, j]] < 0), len(kept), rank[idx[:, j]])
+        tok, _ = kept_tokens(idx, missing, np.arange(rows))
         vocab = tok.max(0) + 1
     row = np.arange(rows)
     columns = [sparse.csr_matrix((np.ones(rows), (row, tok[:, j])), shape=(rows, vocab[j])) for j in range(26)]
@@ -88,10 +119,10 @@ def teacher_design(rows: int, seed: int, design: str = "teacher") -> tuple[objec
     return sparse.hstack(columns).tocsr(), labels, prob
 
 
-def factorized_auc(rows: int, seed: int, c: float, design: str, train: object, held: object,
-                   max_epochs: int = 30) -> float:
+def factorized_auc(labels: object, ids: object, table_rows: int, num: object, c: float, design: str, train: object,
+                   held: object, seed: int, max_epochs: int = 30) -> float:
     """Held-out AUC of a factorized model (``pairs_factorized`` or ``fwfm``, see the module docstring) fitted by Adam
-    (lr 3e-3, batch 1024, one thread, seeded) on the ``train`` rows of the generator's ``rows`` with L2 ``1 / c``,
+    (lr 3e-3, batch 1024, one thread, seeded) on the ``train`` rows of :func:`factorized_inputs` with L2 ``1 / c``,
     the best epoch by held-out AUC (stops 2 epochs after the best)."""
     import numpy as np
     import torch
@@ -99,27 +130,13 @@ def factorized_auc(rows: int, seed: int, c: float, design: str, train: object, h
 
     from dlf_torchrec.data import synthetic as syn
 
-    blocks = list(syn.draw_rows(rows, seed))
-    labels, _, ints, idx, missing = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
-    tok = np.empty_like(idx)
-    offset = 0
-    for j in range(26):  # tokens seen MIN_COUNT times in train get ids, the rest and missing share one per field
-        counts = np.bincount(idx[train][~missing[train, j], j], minlength=syn.CARDINALITIES[j])
-        rank = np.full(len(counts), -1)
-        kept = np.flatnonzero(counts >= MIN_COUNT)
-        rank[kept] = np.arange(len(kept))
-        tok[:, j] = offset + np.where(missing[:, j] | (rank[idx[:, j]] < 0), len(kept), rank[idx[:, j]])
-        offset += len(kept) + 1
-    nan = np.iinfo(np.int64).min
-    num = np.log1p(np.where(ints == nan, 0, np.maximum(ints, 0)))
-    num = (num - num[train].mean(0)) / num[train].std(0)
     pairs = ([(a, b) for a, b, _ in syn.PAIRS] if design == "pairs_factorized"
              else [(a, b) for a in range(26) for b in range(a + 1, 26)])
     torch.manual_seed(seed)
     with _one_thread():
-        ids, x_num, y = torch.from_numpy(tok), torch.tensor(num, dtype=torch.float32), torch.tensor(labels).float()
-        first = torch.zeros(offset, requires_grad=True)
-        vec = (0.01 * torch.randn(offset, syn.LATENT_DIM)).requires_grad_()
+        ids, x_num, y = torch.from_numpy(ids), torch.tensor(num, dtype=torch.float32), torch.tensor(labels).float()
+        first = torch.zeros(table_rows, requires_grad=True)
+        vec = (0.01 * torch.randn(table_rows, syn.LATENT_DIM)).requires_grad_()
         w_num, bias = torch.zeros(13, requires_grad=True), torch.zeros(1, requires_grad=True)
         pair_w = torch.ones(len(pairs), requires_grad=design == "fwfm")
         pa, pb = torch.tensor([a for a, _ in pairs]), torch.tensor([b for _, b in pairs])
@@ -148,19 +165,17 @@ def factorized_auc(rows: int, seed: int, c: float, design: str, train: object, h
     return best
 
 
-class _one_thread:
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
     """Run a block with one torch thread (deterministic sums), restoring the count after."""
+    import torch
 
-    def __enter__(self) -> None:
-        import torch
-
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        torch.set_num_threads(self.threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def ceiling(rows: int, seed: int, cs: list[float], design: str = "teacher") -> list[dict[str, object]]:
@@ -170,16 +185,14 @@ def ceiling(rows: int, seed: int, cs: list[float], design: str = "teacher") -> l
     perm = np.random.default_rng(0).permutation(rows)
     train, held = perm[:int(0.8 * rows)], perm[int(0.8 * rows):int(0.9 * rows)]
     if design in FACTORIZED_DESIGNS:
-        from dlf_torchrec.data import synthetic as syn
-
-        y, p = (np.concatenate(parts) for parts in list(zip(*syn.draw_rows(rows, seed), strict=True))[:2])
+        y, p, ids, table_rows, num = factorized_inputs(rows, seed, train)
     else:
         x, y, p = teacher_design(rows, seed, design)
     oracle = roc_auc_score(y[held], p[held])
     out = []
     for c in cs:
         if design in FACTORIZED_DESIGNS:
-            auc = factorized_auc(rows, seed, c, design, train, held)
+            auc = factorized_auc(y, ids, table_rows, num, c, design, train, held, seed)
         else:
             from sklearn.linear_model import LogisticRegression
 
